@@ -1,0 +1,54 @@
+# Two entry points for a fresh machine with only Python: `make demo` and `make test`.
+# torch==2.13.0 is installed before the package so that `torch>=2.3` is already satisfied
+# (a bare `torch` requirement would pull a multi-GB CUDA build).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+TORCH  ?= torch==2.13.0
+OUT    ?= runs/demo
+
+.PHONY: demo test venv install install-dev sysdeps bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch: $(VENV)/bin/python
+	$(PIP) install $(TORCH)
+	touch $@
+
+install: $(VENV)/.torch
+	$(PIP) install -e .
+
+install-dev: $(VENV)/.torch
+	$(PIP) install -e '.[dev]'
+	# independent reference implementation for agreement tests (imports without torchvision)
+	$(PIP) install --no-deps torchattacks==3.5.1 || echo "torchattacks unavailable: agreement tests will be skipped"
+
+# System data and browser for the tests: Debian's Fashion-MNIST IDX files and headless Chromium.
+# Skipped (tests that need them skip with a reason) when apt-get is not usable.
+sysdeps:
+	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v chromium >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null) \
+	  || echo "apt-get failed: Fashion-MNIST/Chromium tests will be skipped"; \
+	else echo "no root apt-get: Fashion-MNIST/Chromium tests will be skipped"; fi
+
+demo: install
+	$(VENV)/bin/armor demo --out $(OUT)
+
+test: install-dev sysdeps
+	$(PY) -m pytest -q
+
+# Peers (torchattacks, ART) live in a separate environment, never in armor's dependencies.
+bench: install
+	$(PYTHON) -m venv $(VENV)-bench
+	$(VENV)-bench/bin/pip -q install $(TORCH)
+	$(VENV)-bench/bin/pip -q install -e .
+	$(VENV)-bench/bin/pip -q install --no-deps torchattacks==3.5.1
+	$(VENV)-bench/bin/pip -q install adversarial-robustness-toolbox six
+	$(VENV)-bench/bin/python bench/attacks.py
+	$(VENV)-bench/bin/python bench/train.py
+
+clean:
+	rm -rf $(VENV) $(VENV)-bench runs .pytest_cache

@@ -1,0 +1,17 @@
+"""armor: Adversarial Robustness: Measure, Optimize, Report.
+
+    >>> import armor
+    >>> threat = armor.ThreatModel("linf", eps=0.1)
+    >>> x_adv = armor.attacks.pgd(model, x, y, threat, steps=20)
+    >>> result = armor.evaluate(model, (x, y), threat, suite="standard")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import attacks
+from .evaluate import EvalResult, evaluate
+from .threat import Norm, ThreatModel
+
+__all__ = ["EvalResult", "Norm", "ThreatModel", "attacks", "evaluate", "__version__"]

@@ -1,0 +1,61 @@
+"""The attack suite: pure functions ``attack(model, x, y, threat, *, ..., generator=None) -> x_adv``.
+
+``ATTACKS`` maps a name to an :class:`AttackSpec` (function, fixed keyword arguments, norms, description);
+:func:`get_attack` turns a name into a ready callable. The evaluator, the trainer and the CLI all go through
+this registry, so a new attack is one entry here.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ._core import attack_mode, ce_loss, dlr_loss, loss_and_grad, margin_loss
+from .cw import cw_l2
+from .gradient import apgd, apgd_t, fgsm, pgd
+from .square import square
+
+AttackFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    fn: AttackFn
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    norms: tuple[str, ...] = ("linf", "l2", "l1")
+    description: str = ""
+    white_box: bool = True
+
+
+ATTACKS: dict[str, AttackSpec] = {
+    "fgsm": AttackSpec(fgsm, {}, description="one steepest-ascent step of size eps (Goodfellow et al. 2015)"),
+    "pgd": AttackSpec(pgd, {"steps": 10}, description="PGD-10, CE loss, random start (Madry et al. 2018)"),
+    "pgd-20": AttackSpec(pgd, {"steps": 20}, description="PGD-20, CE loss, random start"),
+    "pgd-margin": AttackSpec(pgd, {"steps": 20, "loss": "margin"}, description="PGD-20 on the C&W margin loss"),
+    "apgd-ce": AttackSpec(apgd, {"loss": "ce", "steps": 100}, description="APGD with CE loss, 100 steps (Croce & Hein 2020)"),
+    "apgd-dlr": AttackSpec(apgd, {"loss": "dlr", "steps": 100}, description="APGD with the DLR loss, 100 steps"),
+    "apgd-t": AttackSpec(apgd_t, {"steps": 100, "n_target_classes": 9},
+                         description="targeted APGD-DLR over the 9 most likely other classes"),
+    "cw-l2": AttackSpec(cw_l2, {}, description="Carlini & Wagner L2, binary search over c, then projected"),
+    "square": AttackSpec(square, {"n_queries": 5000}, ("linf", "l2"),
+                         "Square Attack, score-based black box, 5000 queries (Andriushchenko et al. 2020)", False),
+    "square-1k": AttackSpec(square, {"n_queries": 1000}, ("linf", "l2"), "Square Attack with 1000 queries", False),
+}
+
+
+def get_attack(name: str, **overrides: Any) -> AttackFn:
+    """The attack called ``name``, with its registered defaults and any ``overrides`` bound."""
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}: choose one of {', '.join(sorted(ATTACKS))} "
+                         f"(see `armor list attacks`)")
+    spec = ATTACKS[name]
+    return functools.partial(spec.fn, **{**spec.kwargs, **overrides})
+
+
+def list_attacks() -> list[tuple[str, str]]:
+    return [(name, spec.description) for name, spec in ATTACKS.items()]
+
+
+__all__ = ["ATTACKS", "AttackSpec", "apgd", "apgd_t", "attack_mode", "ce_loss", "cw_l2", "dlr_loss", "fgsm",
+           "get_attack", "list_attacks", "loss_and_grad", "margin_loss", "pgd", "square"]

@@ -1,0 +1,245 @@
+"""White-box gradient attacks: FGSM, PGD, APGD (CE / DLR) and targeted APGD-T.
+
+All are pure functions ``attack(model, x, y, threat, *, ..., generator=None) -> x_adv``. They move with
+``threat.step`` and land with ``threat.project``; the result is always inside the threat set.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..threat import ThreatModel
+from ._core import (LossFn, attack_mode, check_logits, default_generator, get_loss, is_fooled, loss_and_grad,
+                    prepare)
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, loss: str = "ce",
+         step_size: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Fast Gradient (Sign) Method (Goodfellow et al. 2015): one steepest-ascent step of size eps.
+
+    Arguments:
+        model: any ``nn.Module`` returning logits. x: inputs (N, ...) in the threat's bounds. y: labels (N,).
+        threat: the :class:`armor.ThreatModel`. loss: ``"ce"``, ``"margin"`` or ``"dlr"``.
+        step_size: defaults to eps (in the threat's norm).
+    Returns:
+        ``x_adv`` with the shape, dtype and device of ``x``.
+    """
+    prepare(model, x, y, threat)
+    with attack_mode(model):
+        _, logits, grad = loss_and_grad(model, x, y, get_loss(loss))
+        check_logits(logits, y)
+        step = threat.eps_scalar if step_size is None else step_size
+        return threat.project(threat.step(x, grad, step), x).detach()
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps: int = 10,
+        step_size: Optional[float] = None, restarts: int = 1, random_start: bool = True, loss: str = "ce",
+        target: Optional[torch.Tensor] = None, early_stop: bool = False, l1_sparsity: float = 0.05,
+        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Projected Gradient Descent (Madry et al. 2018) with random start and restarts, for linf, l2 and l1.
+
+    Every iterate of every restart is a candidate; each sample keeps its worst one: a misclassified point
+    first, otherwise the highest loss. The losses at the iterates come from the forward passes that the
+    gradients need anyway, so keeping the worst costs one extra forward per restart.
+
+    Arguments:
+        steps: gradient steps per restart. step_size: defaults to 2.5 * eps / steps.
+        restarts: independent random starts. random_start: start uniformly inside the ball.
+        loss: ``"ce"``, ``"margin"`` (C&W) or ``"dlr"``. target: optional target classes (N,), making the
+            attack targeted (success means predicting the target).
+        early_stop: stop moving a sample once it is fooled (evaluation); keep False to maximise the loss
+            (training). l1_sparsity: share of coordinates an L1 step moves.
+    Returns:
+        ``x_adv`` with the shape, dtype and device of ``x``.
+    """
+    prepare(model, x, y, threat)
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+    loss_fn = get_loss(loss)
+    alpha = 2.5 * threat.eps_scalar / steps if step_size is None else float(step_size)
+    n = x.shape[0]
+    best_x = x.clone()
+    best_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+    best_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
+    with attack_mode(model):
+        g = default_generator(generator, x.device)
+        for _ in range(restarts):
+            todo = ~best_fooled if early_stop else torch.ones(n, dtype=torch.bool, device=x.device)
+            idx = todo.nonzero().squeeze(1)
+            x_adv = threat.random_init(x[idx], g) if random_start else x[idx].clone()
+            for t in range(steps + 1):
+                if idx.numel() == 0:
+                    break
+                xi, yi = x[idx], y[idx]
+                ti = None if target is None else target[idx]
+                if t < steps:
+                    l, logits, grad = loss_and_grad(model, x_adv, yi, loss_fn, ti)
+                else:
+                    with torch.no_grad():
+                        logits = model(x_adv)
+                        l = loss_fn(logits, yi, ti)
+                if t == 0:
+                    check_logits(logits, yi)
+                fooled = is_fooled(logits, yi, ti)
+                better = (fooled & ~best_fooled[idx]) | ((fooled == best_fooled[idx]) & (l > best_loss[idx]))
+                upd = idx[better]
+                best_x[upd] = x_adv[better]
+                best_loss[upd] = l[better]
+                best_fooled[upd] = fooled[better]
+                if t == steps:
+                    break
+                x_adv = threat.project(threat.step(x_adv, grad, alpha, l1_sparsity), xi)
+                if early_stop and fooled.any():
+                    keep = ~fooled
+                    idx, x_adv = idx[keep], x_adv[keep]
+    return best_x.detach()
+
+
+def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, loss_fn: LossFn,
+              steps: int, rho: float, target: Optional[torch.Tensor], early_stop: bool,
+              generator: torch.Generator, l1_sparsity: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One APGD run (Croce & Hein 2020, Alg. 1). Returns (x_adv, fooled, best_loss).
+
+    Success is misclassification (as in AutoAttack, also for targeted losses). Fooled points are frozen at
+    their first adversarial iterate when ``early_stop`` is set; the others return their highest-loss iterate.
+    """
+    n = x.shape[0]
+    dev, dt = x.device, x.dtype
+    # Checkpoints: p0 = 0, p1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), in iterations.
+    period = max(int(0.22 * steps), 1)
+    period_min, period_decr = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    eta = torch.full((n,), 2.0 * threat.eps_scalar, dtype=dt, device=dev)
+
+    x_adv = threat.random_init(x, generator)
+    loss, logits, grad = loss_and_grad(model, x_adv, y, loss_fn, target)
+    check_logits(logits, y)
+    fooled = is_fooled(logits, y)
+    out_x = x_adv.clone()  # fooled: first adversarial iterate; else: best-loss iterate (kept in x_best)
+    x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
+    loss_prev = loss.clone()
+    n_increase = torch.zeros(n, dtype=torch.long, device=dev)
+    loss_best_at_check = loss_best.clone()
+    reduced_at_check = torch.ones(n, dtype=torch.bool, device=dev)  # no "no-improvement" cut at the first check
+    x_old = x_adv.clone()
+    active = ~fooled if early_stop else torch.ones(n, dtype=torch.bool, device=dev)
+    since_check = 0
+    for i in range(steps):
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        xa, xi, gi = x_adv[idx], x[idx], grad[idx]
+        momentum = 0.75 if i > 0 else 1.0
+        z = threat.project(threat.step(xa, gi, eta[idx], l1_sparsity), xi)
+        x_new = threat.project(xa + momentum * (z - xa) + (1 - momentum) * (xa - x_old[idx]), xi)
+        x_old[idx] = xa
+        x_adv[idx] = x_new
+        ti = None if target is None else target[idx]
+        l, logits, g = loss_and_grad(model, x_new, y[idx], loss_fn, ti)
+        grad[idx] = g
+        newly = is_fooled(logits, y[idx]) & ~fooled[idx]
+        out_x[idx[newly]] = x_new[newly]
+        fooled[idx[newly]] = True
+        n_increase[idx] += (l > loss_prev[idx]).long()
+        loss_prev[idx] = l
+        improved = l > loss_best[idx]
+        up = idx[improved]
+        x_best[up], grad_best[up], loss_best[up] = x_new[improved], g[improved], l[improved]
+        since_check += 1
+        if since_check == period:
+            # Halve the step where progress stalled: too few increases, or no cut and no new best since.
+            cut = (n_increase <= rho * period) | (~reduced_at_check & (loss_best_at_check >= loss_best))
+            cut &= active
+            reduced_at_check = cut
+            loss_best_at_check = loss_best.clone()
+            eta[cut] /= 2.0
+            x_adv[cut] = x_best[cut]
+            grad[cut] = grad_best[cut]
+            n_increase.zero_()
+            since_check = 0
+            period = max(period - period_decr, period_min)
+        if early_stop:
+            active &= ~fooled
+    out_x = torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), out_x, x_best)
+    return out_x, fooled, loss_best
+
+
+def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, loss: str = "ce",
+         steps: int = 100, restarts: int = 1, rho: float = 0.75, target: Optional[torch.Tensor] = None,
+         early_stop: bool = True, l1_sparsity: float = 0.05,
+         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Auto-PGD (Croce & Hein 2020): step-size schedule with checkpoints, momentum 0.75, no tuning.
+
+    Arguments:
+        loss: ``"ce"`` (APGD-CE) or ``"dlr"`` (APGD-DLR), or ``"margin"``. steps: iterations per restart
+            (100 in AutoAttack). restarts: random restarts, run only on points not yet fooled.
+        rho: checkpoint threshold for the share of loss increases. target: target classes for a
+            targeted loss. early_stop: freeze a sample at its first misclassification.
+    Returns:
+        ``x_adv``: for each sample its first adversarial iterate, or else its highest-loss iterate.
+    """
+    prepare(model, x, y, threat)
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+    loss_fn = get_loss(loss)
+    out = x.clone()
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    best_loss = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
+    with attack_mode(model):
+        g = default_generator(generator, x.device)
+        for _ in range(restarts):
+            idx = (~fooled).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            xr, fr, lr = _apgd_run(model, x[idx], y[idx], threat, loss_fn, steps, rho,
+                                   None if target is None else target[idx], early_stop, g, l1_sparsity)
+            take = fr | (lr > best_loss[idx])
+            out[idx[take]] = xr[take]
+            best_loss[idx[take]] = lr[take]
+            fooled[idx[fr]] = True
+    return out.detach()
+
+
+def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps: int = 100,
+           n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75, loss: str = "dlr",
+           early_stop: bool = True, l1_sparsity: float = 0.05,
+           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Targeted APGD (Croce & Hein 2020): APGD with the targeted DLR loss towards each of the top-k classes.
+
+    Each target class (the 2nd, 3rd, ... most likely on the clean input) runs only on points that no earlier
+    target fooled. Success is any misclassification.
+
+    Arguments:
+        n_target_classes: how many of the top classes to target (9 in AutoAttack standard; capped at
+            classes - 1). Other arguments as :func:`apgd`.
+    """
+    prepare(model, x, y, threat)
+    loss_fn = get_loss(loss)
+    out = x.clone()
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    best_loss = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
+    with attack_mode(model):
+        with torch.no_grad():
+            logits = model(x)
+        check_logits(logits, y)
+        order = logits.argsort(dim=1, descending=True)
+        n_targets = max(1, min(n_target_classes, logits.shape[1] - 1))
+        g = default_generator(generator, x.device)
+        for rank in range(1, n_targets + 1):
+            for _ in range(restarts):
+                idx = (~fooled).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    return out.detach()
+                target = order[idx, rank]
+                # If the clean prediction is wrong, the ranked class may be the label itself: aim at the top one.
+                target = torch.where(target == y[idx], order[idx, 0], target)
+                xr, fr, lr = _apgd_run(model, x[idx], y[idx], threat, loss_fn, steps, rho, target, early_stop, g,
+                                       l1_sparsity)
+                take = fr | (lr > best_loss[idx])
+                out[idx[take]] = xr[take]
+                best_loss[idx[take]] = lr[take]
+                fooled[idx[fr]] = True
+    return out.detach()

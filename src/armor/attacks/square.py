@@ -1,0 +1,169 @@
+"""Square Attack (Andriushchenko et al. 2020): score-based black-box search with random square updates.
+
+It never reads a gradient, which makes it the suite's check against gradient masking: if Square beats the
+white-box attacks, the gradients were lying.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..threat import Norm, ThreatModel
+from ._core import attack_mode, check_logits, default_generator, margin_loss, prepare
+
+
+def _p_schedule(p_init: float, it: int, n_queries: int) -> float:
+    """The paper's piecewise-constant schedule for the share of pixels a square covers (rescaled to 10k)."""
+    it = int(it / n_queries * 10000)
+    for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128),
+                       (8000, 256)):
+        if it <= bound:
+            return p_init / div
+    return p_init / 512
+
+
+def _as_image(x: torch.Tensor) -> torch.Tensor:
+    """View inputs as (N, C, H, W); tabular (N, D) becomes (N, 1, 1, D) so squares become strips."""
+    if x.dim() == 4:
+        return x
+    if x.dim() == 3:
+        return x.unsqueeze(1)
+    return x.reshape(x.shape[0], 1, 1, -1)
+
+
+def _ring_profile(h: int, w: int, device, dtype) -> torch.Tensor:
+    """The L2 attack's 'meta pseudo-gaussian' window profile: nested rings with weight 1/(r+1)^2, unit norm."""
+    yy = torch.arange(h, device=device, dtype=dtype)[:, None]
+    xx = torch.arange(w, device=device, dtype=dtype)[None, :]
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    r = torch.maximum((yy - cy).abs(), (xx - cx).abs()).floor()
+    prof = 1.0 / (r + 1) ** 2
+    return prof / prof.norm()
+
+
+def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, n_queries: int = 5000,
+           p_init: float = 0.8, restarts: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Square Attack for linf and l2, untargeted, margin loss, at most ``n_queries`` model queries per sample.
+
+    Arguments:
+        n_queries: query budget per sample (5000 in AutoAttack standard). p_init: initial share of the input a
+            square covers. restarts: independent runs on the samples not yet fooled.
+    Returns:
+        ``x_adv``: fooled samples stop at their first success; the others return their lowest-margin point.
+    """
+    prepare(model, x, y, threat)
+    if threat.norm is Norm.L1:
+        raise ValueError("square supports the linf and l2 norms; use apgd or pgd for l1")
+    if n_queries < 1:
+        raise ValueError(f"n_queries must be >= 1, got {n_queries}")
+    out = x.clone()
+    with attack_mode(model), torch.no_grad():
+        g = default_generator(generator, x.device)
+        logits = model(x)
+        check_logits(logits, y)
+        fooled = logits.argmax(1) != y
+        for _ in range(restarts):
+            idx = (~fooled).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            run = _square_linf if threat.norm is Norm.LINF else _square_l2
+            xr, fr = run(model, x[idx], y[idx], threat, n_queries, p_init, g)
+            out[idx] = xr
+            fooled[idx[fr]] = True
+    return out.detach()
+
+
+def _square_linf(model, x, y, threat, n_queries, p_init, g):
+    xi = _as_image(x)
+    n, c, h, w = xi.shape
+    eps = threat.eps_scalar
+    # Init: vertical stripes of +-eps (one sign per column and channel).
+    signs = torch.randint(0, 2, (n, c, 1, w), generator=g, device=x.device).to(x.dtype) * 2 - 1
+    x_best = threat.project((xi + eps * signs).reshape_as(x), x)
+    margin = -margin_loss(model(x_best), y)  # > 0 while correctly classified
+    for it in range(1, n_queries):
+        todo = (margin > 0).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+        m = todo.numel()
+        p = _p_schedule(p_init, it, n_queries)
+        s = max(int(round(math.sqrt(p * h * w))), 1)
+        sh, sw = min(s, h), min(s, w)
+        cur = _as_image(x_best[todo])
+        base = _as_image(x[todo])
+        delta = cur - base
+        top = torch.randint(0, h - sh + 1, (m,), generator=g, device=x.device)
+        left = torch.randint(0, w - sw + 1, (m,), generator=g, device=x.device)
+        rows = top[:, None] + torch.arange(sh, device=x.device)[None]
+        cols = left[:, None] + torch.arange(sw, device=x.device)[None]
+        win = torch.zeros(m, 1, h, w, dtype=torch.bool, device=x.device)
+        win[torch.arange(m, device=x.device)[:, None, None], 0, rows[:, :, None], cols[:, None, :]] = True
+        new_sign = (torch.randint(0, 2, (m, c, 1, 1), generator=g, device=x.device).to(x.dtype) * 2 - 1) * eps
+        delta = torch.where(win, new_sign.expand(m, c, h, w), delta)
+        cand = threat.project((base + delta).reshape(m, *x.shape[1:]), x[todo])
+        new_margin = -margin_loss(model(cand), y[todo])
+        better = new_margin < margin[todo]
+        x_best[todo[better]] = cand[better]
+        margin[todo[better]] = new_margin[better]
+    return x_best, margin <= 0
+
+
+def _square_l2(model, x, y, threat, n_queries, p_init, g):
+    """L2 variant: moves the perturbation mass of one square into another with a ring-shaped profile."""
+    xi = _as_image(x)
+    n, c, h, w = xi.shape
+    eps = threat.eps_scalar
+    dev, dt = x.device, x.dtype
+    # Init: a grid of ring-profile squares with random signs, scaled to norm eps.
+    s0 = max(h // 5, 1)
+    delta = torch.zeros_like(xi)
+    prof0 = _ring_profile(s0, s0, dev, dt)
+    for r0 in range(0, h - s0 + 1, s0):
+        for c0 in range(0, w - s0 + 1, s0):
+            sign = torch.randint(0, 2, (n, c, 1, 1), generator=g, device=dev).to(dt) * 2 - 1
+            delta[:, :, r0:r0 + s0, c0:c0 + s0] += sign * prof0
+    delta = delta * (eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+    x_best = threat.project((xi + delta).reshape_as(x), x)
+    margin = -margin_loss(model(x_best), y)
+    for it in range(1, n_queries):
+        todo = (margin > 0).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+        m = todo.numel()
+        p = _p_schedule(p_init, it, n_queries)
+        s = max(int(round(math.sqrt(p * h * w))), 3 if min(h, w) >= 3 else 1)
+        sh, sw = min(s, h), min(s, w)
+        base = _as_image(x[todo])
+        d = _as_image(x_best[todo]) - base
+        ar = torch.arange(m, device=dev)[:, None, None]
+
+        def window():
+            top = torch.randint(0, h - sh + 1, (m,), generator=g, device=dev)
+            left = torch.randint(0, w - sw + 1, (m,), generator=g, device=dev)
+            win = torch.zeros(m, 1, h, w, dtype=torch.bool, device=dev)
+            rows = top[:, None] + torch.arange(sh, device=dev)[None]
+            cols = left[:, None] + torch.arange(sw, device=dev)[None]
+            win[ar, 0, rows[:, :, None], cols[:, None, :]] = True
+            return win
+
+        w1, w2 = window(), window()
+        union = w1 | w2
+        # Mass freed by clearing both windows, plus whatever budget is unused, goes into window 1.
+        free = (d * union).flatten(1).pow(2).sum(1) + (eps ** 2 - d.flatten(1).pow(2).sum(1)).clamp_min(0)
+        prof = torch.zeros(m, 1, h, w, dtype=dt, device=dev)
+        prof[w1.expand(m, 1, h, w)] = _ring_profile(sh, sw, dev, dt).flatten().repeat(m)
+        sign = torch.randint(0, 2, (m, c, 1, 1), generator=g, device=dev).to(dt) * 2 - 1
+        old_w1 = d * w1
+        new_w1 = old_w1 + sign * prof * (old_w1.flatten(1).norm(dim=1).clamp_min(eps / (h * w))).view(-1, 1, 1, 1)
+        new_w1 = new_w1 * (free.sqrt() / new_w1.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+        d_new = torch.where(union, torch.zeros_like(d), d) + torch.where(w1, new_w1, torch.zeros_like(d))
+        cand = threat.project((base + d_new).reshape(m, *x.shape[1:]), x[todo])
+        new_margin = -margin_loss(model(cand), y[todo])
+        better = new_margin < margin[todo]
+        x_best[todo[better]] = cand[better]
+        margin[todo[better]] = new_margin[better]
+    return x_best, margin <= 0
