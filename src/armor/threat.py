@@ -190,6 +190,9 @@ class ThreatModel:
             shrink = (self.eps_scalar / norms.clamp_min(1e-30)) * (1 - 1e-6 * 4**k)
             fixed = self.clamp_bounds(x + (x_new - x) * _per_sample(shrink, x))
             x_new = torch.where(_per_sample(over, x), fixed, x_new)
+        else:
+            # eps below the float resolution of x: the only exactly feasible move left is none.
+            x_new = torch.where(_per_sample(self.norm_of(x_new - x) > self.eps_scalar, x), x, x_new)
         if self.constraints is not None:
             x_new = self.constraints.repair(x_new, x)
         return x_new

@@ -82,7 +82,11 @@ def loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: L
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
-        loss = loss_fn(logits, y, target)
+        try:
+            loss = loss_fn(logits, y, target)
+        except (IndexError, RuntimeError) as e:  # free on the happy path; a clear message on the bad one
+            check_logits(logits, y)
+            raise e
         (grad,) = torch.autograd.grad(loss.sum(), x)
     return loss.detach(), logits.detach(), grad
 

@@ -12,7 +12,7 @@ from ._core import attack_mode, check_logits, prepare
 
 
 def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, c: float = 1.0,
-          kappa: float = 0.0, steps: int = 100, binary_steps: int = 9, lr: float = 0.01,
+          kappa: float = 0.0, steps: int = 100, binary_steps: int = 9, lr: float = 0.02,
           generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """C&W-L2: minimise ||delta||_2^2 + c * max(z_y - max_{j!=y} z_j, -kappa), binary search over c.
 
@@ -29,8 +29,10 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
     n = x.shape[0]
     dims = tuple(range(1, x.dim()))
     span = (hi - lo).clamp_min(1e-12)
-    # tanh space: x_adv = lo + span * (tanh(w) + 1) / 2 stays in bounds without clipping.
-    w0 = torch.atanh(((x - lo) / span * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+    # tanh space keeps x_adv in bounds. Inputs at a bound (most pixels of a digit are 0) would sit where tanh
+    # is flat and never move, so w0 is capped at |w0| <= 3 and the cap's offset is added back exactly.
+    w0 = torch.atanh(((x - lo) / span * 2 - 1).clamp(-0.995, 0.995))
+    offset = x - (lo + span * (torch.tanh(w0) + 1) / 2)
     c_now = torch.full((n,), float(c), dtype=x.dtype, device=x.device)
     c_lo = torch.zeros(n, dtype=x.dtype, device=x.device)
     c_hi = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
@@ -43,7 +45,7 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
             success = torch.zeros(n, dtype=torch.bool, device=x.device)
             for step in range(steps):
                 with torch.enable_grad():
-                    x_adv = lo + span * (torch.tanh(w) + 1) / 2
+                    x_adv = threat.clamp_bounds(lo + span * (torch.tanh(w) + 1) / 2 + offset)
                     logits = model(x_adv)
                     if step == 0:
                         check_logits(logits, y)

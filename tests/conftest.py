@@ -1,0 +1,59 @@
+"""Shared fixtures: one small undefended digits model, trained once per test session (~2 s)."""
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+
+class DigitsNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _train(model, x, y, epochs=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(x.shape[0], generator=g)
+        for i in range(0, x.shape[0], 64):
+            b = perm[i:i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
+    y = torch.tensor(d.target, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(x.shape[0], generator=g)
+    tr, te = perm[:1400], perm[1400:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits):
+    torch.manual_seed(0)
+    xtr, ytr, _, _ = digits
+    return _train(DigitsNet(), xtr, ytr)
+
+
+@pytest.fixture()
+def model(digits_model):
+    """A fresh copy per test, so mode and requires_grad checks start from a known state."""
+    import copy
+
+    return copy.deepcopy(digits_model)
+
+
+def accuracy(model, x, y):
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()

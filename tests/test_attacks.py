@@ -1,0 +1,180 @@
+"""The attack suite on an undefended digits model: strength, exact bounds, determinism, no side effects."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import armor
+from armor.attacks import ATTACKS, apgd, apgd_t, cw_l2, fgsm, get_attack, pgd, square
+from conftest import accuracy
+
+FAST = {"apgd-ce": {"steps": 20}, "apgd-dlr": {"steps": 20}, "apgd-t": {"steps": 10, "n_target_classes": 3},
+        "cw-l2": {"steps": 20, "binary_steps": 3}, "square": {"n_queries": 200}, "square-1k": {"n_queries": 200}}
+EPS = {"linf": 0.1, "l2": 0.6, "l1": 2.0}
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_every_attack_respects_eps_and_bounds_exactly(model, digits, name, norm):
+    if norm not in ATTACKS[name].norms:
+        pytest.skip(f"{name} does not support {norm}")
+    _, _, x, y = digits
+    x, y = x[:64], y[:64]
+    threat = armor.ThreatModel(norm, EPS[norm])
+    x_adv = get_attack(name, **FAST.get(name, {}))(model, x, y, threat, generator=_gen())
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert ((x_adv >= 0) & (x_adv <= 1)).all()
+    assert (threat.norm_of(x_adv - x) <= EPS[norm]).all()
+    if norm == "linf":
+        assert ((x_adv - x).abs() <= EPS[norm]).all()
+    assert accuracy(model, x_adv, y) < accuracy(model, x, y)  # and it does something
+
+
+def test_pgd_breaks_an_undefended_model(model, digits):
+    _, _, x, y = digits
+    threat = armor.ThreatModel("linf", 0.3)
+    assert accuracy(model, x, y) > 0.9
+    assert accuracy(model, pgd(model, x, y, threat, steps=20, generator=_gen()), y) < 0.05
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.08), ("l2", 0.5), ("l1", 1.5)])
+def test_apgd_is_never_weaker_than_pgd_with_the_same_budget(model, digits, norm, eps):
+    _, _, x, y = digits
+    threat = armor.ThreatModel(norm, eps)
+    acc_pgd = accuracy(model, pgd(model, x, y, threat, steps=50, generator=_gen()), y)
+    acc_apgd = accuracy(model, apgd(model, x, y, threat, steps=50, generator=_gen()), y)
+    assert 0.05 < acc_pgd < 0.95, "eps should leave room for the comparison to mean something"
+    assert acc_apgd <= acc_pgd + 0.01
+
+
+def test_more_restarts_and_targets_never_weaken_an_attack(model, digits):
+    _, _, x, y = digits
+    threat = armor.ThreatModel("linf", 0.06)
+    one = pgd(model, x, y, threat, steps=10, restarts=1, generator=_gen(5))
+    three = pgd(model, x, y, threat, steps=10, restarts=3, generator=_gen(5))
+    with torch.no_grad():
+        fooled_one = model(one).argmax(1) != y
+        fooled_three = model(three).argmax(1) != y
+    assert (fooled_three | ~fooled_one).all(), "a restart lost a sample the first run had fooled"
+    t1 = apgd_t(model, x, y, threat, steps=20, n_target_classes=1, generator=_gen(5))
+    t3 = apgd_t(model, x, y, threat, steps=20, n_target_classes=3, generator=_gen(5))
+    assert accuracy(model, t3, y) <= accuracy(model, t1, y)
+
+
+def test_square_breaks_it_without_gradients(model, digits):
+    _, _, x, y = digits
+    x, y = x[:200], y[:200]
+    threat = armor.ThreatModel("linf", 0.3)
+
+    class NoGrad(nn.Module):  # any gradient use would raise
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            assert not torch.is_grad_enabled() or not x.requires_grad, "square read a gradient"
+            return self.m(x)
+
+    acc = accuracy(model, square(NoGrad(model), x, y, threat, n_queries=1000, generator=_gen()), y)
+    assert acc < 0.10
+    acc_l2 = accuracy(model, square(NoGrad(model), x, y, armor.ThreatModel("l2", 1.5), n_queries=1000,
+                                    generator=_gen()), y)
+    assert acc_l2 < 0.5 * accuracy(model, x, y)
+
+
+def test_cw_finds_small_l2_perturbations(model, digits):
+    _, _, x, y = digits
+    x, y = x[:100], y[:100]
+    big = armor.ThreatModel("l2", 10.0)  # effectively unbounded: measures the minimum-norm search
+    x_adv = cw_l2(model, x, y, big, steps=100, binary_steps=5)
+    with torch.no_grad():
+        fooled = model(x_adv).argmax(1) != y
+    assert fooled.float().mean() > 0.95
+    assert (x_adv - x).flatten(1).norm(dim=1)[fooled].median() < 1.0
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd-ce", "apgd-t", "cw-l2", "square"])
+def test_fixed_seed_gives_identical_results(model, digits, name):
+    _, _, x, y = digits
+    x, y = x[:50], y[:50]
+    threat = armor.ThreatModel("linf", 0.1)
+    fn = get_attack(name, **FAST.get(name, {}))
+    assert torch.equal(fn(model, x, y, threat, generator=_gen(7)), fn(model, x, y, threat, generator=_gen(7)))
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd-ce", "apgd-t", "cw-l2", "square"])
+@pytest.mark.parametrize("training", [True, False])
+def test_attacks_leave_the_model_untouched(model, digits, name, training):
+    _, _, x, y = digits
+    x, y = x[:20], y[:20]
+    model.train(training)
+    params = list(model.parameters())
+    params[0].requires_grad_(False)  # a partially frozen model must stay partially frozen
+    for p in params[1:]:
+        p.grad = torch.full_like(p, 0.5)
+    before = [p.detach().clone() for p in params]
+    get_attack(name, **FAST.get(name, {}))(model, x, y, armor.ThreatModel("linf", 0.1), generator=_gen())
+    assert model.training is training
+    assert [p.requires_grad for p in params] == [False] + [True] * (len(params) - 1)
+    assert params[0].grad is None
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in params[1:])
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_attack_in_eval_mode_sees_no_dropout_randomness(digits):
+    _, _, x, y = digits
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.Dropout(0.5), nn.Linear(64, 10)).train()
+    threat = armor.ThreatModel("linf", 0.1)
+    a = pgd(m, x[:30], y[:30], threat, generator=_gen(1))
+    b = pgd(m, x[:30], y[:30], threat, generator=_gen(1))
+    assert torch.equal(a, b) and m.training
+
+
+def test_dtype_and_device_come_from_inputs(model, digits):
+    _, _, x, y = digits
+    m64 = model.double()
+    x_adv = pgd(m64, x[:10].double(), y[:10], armor.ThreatModel("l2", 0.5), generator=_gen())
+    assert x_adv.dtype == torch.float64
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda x, y: (x.clone().index_put_((torch.tensor([0]),), torch.tensor(float("nan"))), y), "NaN or inf"),
+    (lambda x, y: (x.clone().index_put_((torch.tensor([0]),), torch.tensor(float("inf"))), y), "NaN or inf"),
+    (lambda x, y: (x * 255, y), "outside the threat model's bounds"),
+    (lambda x, y: ((x * 255).to(torch.uint8), y), "floating-point"),
+    (lambda x, y: (x[0], y), "batched|shape"),
+    (lambda x, y: (x, y.float()), "integer class indices"),
+    (lambda x, y: (x, y[:-1]), "shape"),
+    (lambda x, y: (x, y + 10), "out of range"),
+    (lambda x, y: (x, y - 10), ">= 0"),
+])
+@pytest.mark.parametrize("name", ["pgd", "apgd-ce", "square"])
+def test_bad_input_gets_a_clear_error(model, digits, mutate, match, name):
+    _, _, x, y = digits
+    xb, yb = mutate(x[:8], y[:8])
+    with pytest.raises(ValueError, match=match):
+        get_attack(name, **FAST.get(name, {}))(model, xb, yb, armor.ThreatModel("linf", 0.1), generator=_gen())
+
+
+def test_unknown_attack_and_negative_eps_are_rejected():
+    with pytest.raises(ValueError, match="unknown attack 'pgdd'"):
+        get_attack("pgdd")
+    with pytest.raises(ValueError, match="eps"):
+        armor.ThreatModel("linf", -0.1)
+
+
+def test_probability_outputs_get_a_warning(model, digits):
+    _, _, x, y = digits
+    probs = nn.Sequential(model, nn.Softmax(dim=1))
+    with pytest.warns(UserWarning, match="probabilities"):
+        pgd(probs, x[:8], y[:8], armor.ThreatModel("linf", 0.1), generator=_gen())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pgd(model, x[:8], y[:8], armor.ThreatModel("linf", 0.1), generator=_gen())
