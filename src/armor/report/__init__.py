@@ -1,0 +1,140 @@
+"""The self-contained HTML report: results.json (+ optional image artifacts) -> one HTML file.
+
+Jinja2 ``PackageLoader`` with autoescape; every figure is a base64 PNG data URI, so the file has no external
+URL and can be archived or mailed as it is.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from . import plots
+
+CHECK_HELP = {
+    "accuracy_not_decreasing_with_eps": "Accuracy rose when eps grew. A larger budget contains every smaller one, "
+                                        "so a sound attack can only do better: the attack is failing, not the model succeeding.",
+    "no_convergence_at_large_eps": "Accuracy stays well above 0 at a very large eps, where any input can be turned into "
+                                   "any other: gradients do not lead the attack anywhere.",
+    "more_iterations_help": "A stronger attack (more steps or restarts) lowered accuracy markedly: the default "
+                            "attacks had not converged, so reported robustness is optimistic.",
+    "stronger_attack_weaker": "A stronger attack (more steps or restarts) gave a higher accuracy than a weaker one.",
+    "black_box_beats_white_box": "The gradient-free Square attack found adversarial examples that the gradient-based "
+                                 "attacks missed: the gradients are obfuscated.",
+    "zero_gradients": "Many inputs have (almost) zero input gradient, e.g. from quantisation or saturated outputs.",
+    "randomized_outputs": "Two forward passes on the same input disagree: randomness can hide gradients; use EOT.",
+}
+
+
+def _pct(v: Any) -> str:
+    return "–" if not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)) else f"{v:.1%}"
+
+
+def _num(v: Any, digits: int = 2) -> str:
+    return "–" if not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _secs(v: Any) -> str:
+    if not isinstance(v, (int, float)):
+        return "–"
+    return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min"
+
+
+def _pp(a: Any, b: Any) -> str:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return "–"
+    return f"{(a - b) * 100:+.1f} pt"
+
+
+def _claim_cards(claims: dict[str, Any]) -> list[dict[str, str]]:
+    def card(label, v, detail, good_if_positive=True, kind="pp"):
+        if not isinstance(v, (int, float)):
+            return None
+        txt = f"{v * 100:+.1f} pt" if kind == "pp" else (f"{v:+.3f}" if kind == "delta" else f"{v:.2f}×")
+        good = (v > 0) == good_if_positive if kind != "ratio" else None
+        return {"label": label, "value": txt, "detail": detail,
+                "cls": "" if good is None or v == 0 else ("pos" if good else "neg")}
+
+    cards = [
+        card("robustness gain", claims.get("robustness_gain"), "worst-case robust accuracy, hardened − baseline"),
+        card("gain under shift", claims.get("shift_gain"), "mean accuracy on corrupted inputs, hardened − baseline"),
+        card("clean-accuracy change", claims.get("clean_accuracy_change"), "clean accuracy, hardened − baseline"),
+        card("ECE change", claims.get("ece_change"), "clean calibration error, hardened − baseline (lower is better)",
+             good_if_positive=False, kind="delta"),
+        card("training cost", claims.get("cost_ratio"), "training wall time, hardened ÷ baseline", kind="ratio"),
+    ]
+    if isinstance(claims.get("equipment_gain"), (int, float)):
+        cards.append(card("gain across equipment", claims["equipment_gain"], "accuracy on other devices, hardened − baseline"))
+    return [c for c in cards if c]
+
+
+def _interp_figures(name: str, art: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"alignment": art.get("alignment")}
+    x = art.get("x")
+    if x is not None and art.get("saliency") is not None and len(x):
+        k = min(8, len(x))
+        sal = np.abs(np.asarray(art["saliency"][:k])).sum(axis=1, keepdims=True) if np.asarray(x).ndim == 4 else art["saliency"][:k]
+        labels = art.get("y")
+        out["saliency"] = plots.image_grid(
+            [("input", np.asarray(x[:k])), ("saliency", np.asarray(sal))],
+            [[f"label {int(labels[i])}" for i in range(k)] if labels is not None else [], []], ["gray", "heat"])
+    xa = art.get("gallery_x_adv")
+    if xa is not None and len(xa):
+        k = min(8, len(xa))
+        gx = np.asarray(art["gallery_x"][:k])
+        gxa = np.asarray(xa[:k])
+        pc, pa = art["gallery_pred_clean"], art["gallery_pred_adv"]
+        conf = art.get("gallery_conf_adv")
+        out["gallery"] = plots.image_grid(
+            [("clean", gx), ("adversarial", gxa), ("perturbation", gxa - gx)],
+            [[f"pred {int(pc[i])}" for i in range(k)],
+             [f"pred {int(pa[i])}" + (f" ({float(conf[i]):.0%})" if conf is not None else "") for i in range(k)], []],
+            ["gray", "gray", "diverging"])
+    return out
+
+
+def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[str, Any]]] = None,
+                  title: str = "armor robustness report") -> str:
+    """Render the report HTML from a results dict (``{"models": {...}, "claims": {...}}`` or one model entry)."""
+    from .. import __version__
+
+    models = results["models"] if "models" in results else {results.get("name", "model"): results}
+    if not models:
+        raise ValueError("the results hold no model to report on")
+    artifacts = artifacts or {}
+    claims = results.get("claims")
+    env = Environment(loader=PackageLoader("armor", "report/templates"), autoescape=select_autoescape(["html", "j2"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(pct=_pct, num=_num, secs=_secs, pp=_pp)
+    figs = {"attacks": plots.attack_bars(models), "curves": plots.curves(models),
+            "reliability": plots.reliability(models), "shift": plots.shift_bars(models)}
+    equipment = {n: m["equipment"] for n, m in models.items() if m.get("equipment")}
+    if equipment:
+        figs["equipment"] = plots.grouped_bars(
+            {n: {str(k): v for k, v in e.get("per_device", {}).items()} for n, e in equipment.items()},
+            "accuracy")
+    interp = {n: _interp_figures(n, artifacts[n]) for n in models if n in artifacts}
+    tabular = {n: m["tabular"] for n, m in models.items() if m.get("tabular")}
+    first = next(iter(models.values()))
+    tm = first.get("threat_model") or {}
+    threat = f"{tm.get('norm', '?')}, eps={tm.get('eps', '?')}" if tm else ""
+    suite = ", ".join(first.get("suite", [])) or "–"
+    return env.get_template("report.html.j2").render(
+        title=title, version=__version__, generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        models=models, claims=claims, claim_cards=_claim_cards(claims) if claims else [], figs=figs,
+        equipment=equipment, interp=interp, tabular=tabular, dataset=results.get("dataset") or first.get("dataset"),
+        threat=threat, suite=suite, check_help=CHECK_HELP)
+
+
+def write_report(results: dict[str, Any], out: Path | str, artifacts: Optional[dict[str, dict[str, Any]]] = None,
+                 title: str = "armor robustness report") -> Path:
+    from ..utils import atomic_write_text
+
+    out = Path(out)
+    atomic_write_text(out, render_report(results, artifacts, title))
+    return out
