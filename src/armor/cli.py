@@ -212,6 +212,84 @@ def _print_eval(result) -> None:
     console.print(table)
 
 
+
+@app.command()
+def check(
+    results: Annotated[Path, typer.Argument(help="A results.json (or a directory holding one).")],
+    min_robust_accuracy: Annotated[Optional[float], typer.Option(help="Fail below this worst-case robust accuracy (0..1).")] = None,
+    max_clean_drop: Annotated[Optional[float], typer.Option(help="Fail if clean accuracy fell more than this below the baseline (0..1).")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="Baseline (standard model) results.json for --max-clean-drop.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Which model of a multi-model results file to gate (default: the hardened one).")] = None,
+) -> None:
+    """CI gate: exit 1, naming the figure, when robust accuracy or the clean-accuracy drop misses its bound."""
+    from .results import check as run_check, load_results
+
+    if min_robust_accuracy is None and max_clean_drop is None:
+        fail("nothing to check: pass --min-robust-accuracy and/or --max-clean-drop")
+    for v, flag in ((min_robust_accuracy, "--min-robust-accuracy"), (max_clean_drop, "--max-clean-drop")):
+        if v is not None and not 0 <= v <= 1:
+            fail(f"{flag} must be a fraction in [0, 1], got {v}")
+    try:
+        data = load_results(results)
+        base = load_results(baseline) if baseline else None
+        failures = run_check(data, min_robust_accuracy, max_clean_drop, base, model)
+    except ValueError as e:
+        fail(str(e))
+    if failures:
+        for f in failures:
+            err.print(f"[bold red]FAIL[/] {f}")
+        raise typer.Exit(1)
+    console.print("[bold green]PASS[/] all robustness gates hold")
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (with eval/results.json) or results.json files.")],
+    out: Annotated[Path, typer.Option(help="Output HTML file.")] = Path("report.html"),
+    title: Annotated[str, typer.Option(help="Report title.")] = "armor robustness report",
+) -> None:
+    """Compare several evaluated models side by side in one self-contained HTML file."""
+    from .report import write_report
+    from .results import load_results, models_of, stamp
+
+    models: dict = {}
+    artifacts: dict = {}
+    claims = None
+    for run in runs:
+        path = run / "eval" / "results.json" if (run / "eval" / "results.json").exists() else run
+        try:
+            data = load_results(path)
+        except ValueError as e:
+            fail(str(e))
+        claims = claims or data.get("claims")
+        res_dir = path if path.is_dir() else path.parent
+        for name, entry in models_of(data).items():
+            label = name if "models" in data else (entry.get("name") or run.name)
+            if label in models:
+                label = f"{label} ({run})"
+            models[label] = entry
+            art = _load_artifacts(res_dir / "artifacts.npz", name if "models" in data else None)
+            if art:
+                artifacts[label] = art
+    write_report(stamp({"models": models, "claims": claims}), out, artifacts, title)
+    console.print(f"wrote {out} ({len(models)} model{'s' if len(models) != 1 else ''})")
+
+
+def _load_artifacts(path: Path, prefix: Optional[str]) -> dict:
+    """Image artifacts saved next to results.json (saliency, gallery); keys are 'model/field' in multi-model files."""
+    import numpy as np
+
+    if not path.exists():
+        return {}
+    with np.load(path) as z:
+        items = {k: z[k] for k in z.files}
+    if prefix is not None:
+        items = {k.split("/", 1)[1]: v for k, v in items.items() if k.startswith(prefix + "/")}
+    if "alignment" in items:
+        items["alignment"] = float(items["alignment"])
+    return items
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
