@@ -165,29 +165,51 @@ def evaluate(
     suite: Annotated[str, typer.Option(help="'standard', 'fast', or comma-separated attack names.")] = "standard",
     norm: Annotated[Optional[NormOpt], typer.Option(help="Threat norm; defaults to the run's training norm.")] = None,
     eps: Annotated[Optional[float], typer.Option(help="Radius in input units; defaults to the run's training eps.")] = None,
+    eps_grid: Annotated[Optional[str], typer.Option(help="Comma-separated eps values for the accuracy-vs-eps curve (default: 0 to 2x eps).")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset; defaults to the run's.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Directory (or file) holding the dataset.")] = None,
     n: Annotated[Optional[int], typer.Option(help="Evaluate the first N test points.")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Points per attack call.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed for the attacks.")] = 0,
+    extras: Annotated[bool, typer.Option(help="Also measure the curve, calibration, shift, saliency and masking checks.")] = True,
     out: Annotated[Optional[Path], typer.Option(help="Directory for results.json (default RUN_DIR/eval).")] = None,
-    resume: Annotated[bool, typer.Option(help="Checkpoint into OUT/eval.state and resume from it.")] = True,
+    resume: Annotated[bool, typer.Option(help="Checkpoint the worst-case evaluation into OUT/eval.state and resume from it.")] = True,
 ) -> None:
-    """Worst-case robust accuracy over an attack ensemble; writes OUT/results.json."""
-    from .evaluate import evaluate as run_eval
+    """Worst-case robust accuracy over an attack ensemble, plus curve, calibration, shift and masking checks.
+
+    Writes OUT/results.json (and OUT/artifacts.npz with the images the report draws).
+    """
+    from .measure import add_cost, measure_run, save_artifacts
+    from .results import stamp
     from .utils import atomic_write_json
 
-    model, meta = _load_run(run_dir)
-    ds = _run_data(meta, dataset, "test", data_dir, n)
-    threat = _threat(meta, norm, eps)
+    grid = None
+    if eps_grid is not None:
+        try:
+            grid = [float(v) for v in eps_grid.split(",") if v.strip()]
+        except ValueError:
+            fail(f"--eps-grid must be comma-separated numbers, got {eps_grid!r}")
+        if any(v < 0 for v in grid):
+            fail(f"--eps-grid has negative values ({', '.join(str(v) for v in grid if v < 0)}): eps is a radius, use values >= 0")
+        if not grid:
+            fail("--eps-grid is empty")
     out = out or run_dir / "eval"
     try:
-        result = run_eval(model, ds.tensors(), threat, suite=suite, batch_size=batch_size, seed=seed,
-                          state_path=out / "eval.state" if resume else None)
-    except ValueError as e:
+        entry, art = measure_run(run_dir, norm=norm.value if norm else None, eps=eps, dataset=dataset,
+                                 data_dir=str(data_dir) if data_dir else None, n=n, suite=suite, eps_grid=grid,
+                                 batch_size=batch_size, seed=seed, calibration=extras, shift=extras,
+                                 interpret=extras, masking=extras,
+                                 state_path=out / "eval.state" if resume else None,
+                                 progress=lambda msg: err.print(f"[dim]{msg}...[/]"))
+    except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    atomic_write_json(out / "results.json", {"armor_version": _version(), **result.to_dict()})
-    _print_eval(result)
+    add_cost({entry["name"]: entry})
+    atomic_write_json(out / "results.json", stamp(entry))
+    if art:
+        save_artifacts(out / "artifacts.npz", {entry["name"]: art})
+    _print_eval(entry)
+    for f in entry.get("masking_flags", []):
+        err.print(f"[bold yellow]masking flag[/] {f['name']}: {f['message']}")
     console.print(f"wrote {out / 'results.json'}")
 
 
@@ -197,18 +219,19 @@ def _version() -> str:
     return __version__
 
 
-def _print_eval(result) -> None:
-    table = Table(title=f"worst-case evaluation, n={result.n}, {result.threat_model['norm']} eps={result.threat_model['eps']}")
+def _print_eval(result: dict) -> None:
+    tm = result["threat_model"]
+    table = Table(title=f"worst-case evaluation, n={result['n']}, {tm['norm']} eps={tm['eps']}")
     table.add_column("attack")
     table.add_column("accuracy", justify="right")
     table.add_column("cumulative", justify="right")
     table.add_column("points", justify="right")
     table.add_column("seconds", justify="right")
-    table.add_row("clean", f"{result.clean_accuracy:.2%}", "", str(result.n), "")
-    for name, rec in result.per_attack.items():
+    table.add_row("clean", f"{result['clean_accuracy']:.2%}", "", str(result['n']), "")
+    for name, rec in result["per_attack"].items():
         own = "" if rec.get("accuracy") is None else f"{rec['accuracy']:.2%}"
         table.add_row(name, own, f"{rec['cumulative_accuracy']:.2%}", str(rec["n"]), f"{rec['seconds']:.1f}")
-    table.add_row("[bold]worst case[/]", f"[bold]{result.robust_accuracy:.2%}[/]", "", "", f"{result.seconds:.1f}")
+    table.add_row("[bold]worst case[/]", f"[bold]{result['robust_accuracy']:.2%}[/]", "", "", f"{result['seconds']:.1f}")
     console.print(table)
 
 
@@ -268,26 +291,109 @@ def report(
             if label in models:
                 label = f"{label} ({run})"
             models[label] = entry
-            art = _load_artifacts(res_dir / "artifacts.npz", name if "models" in data else None)
+            art = _load_artifacts(res_dir / "artifacts.npz", name if "models" in data else entry.get("name", name))
             if art:
                 artifacts[label] = art
     write_report(stamp({"models": models, "claims": claims}), out, artifacts, title)
     console.print(f"wrote {out} ({len(models)} model{'s' if len(models) != 1 else ''})")
 
 
-def _load_artifacts(path: Path, prefix: Optional[str]) -> dict:
-    """Image artifacts saved next to results.json (saliency, gallery); keys are 'model/field' in multi-model files."""
+def _load_artifacts(path: Path, name: str) -> dict:
+    """Image artifacts saved next to results.json (saliency, gallery), stored under 'model/field' keys."""
     import numpy as np
 
     if not path.exists():
         return {}
     with np.load(path) as z:
-        items = {k: z[k] for k in z.files}
-    if prefix is not None:
-        items = {k.split("/", 1)[1]: v for k, v in items.items() if k.startswith(prefix + "/")}
+        items = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(name + "/")}
     if "alignment" in items:
         items["alignment"] = float(items["alignment"])
     return items
+
+
+
+class DemoDataset(str, Enum):
+    digits = "digits"
+    fashion_mnist = "fashion-mnist"
+    breast_cancer = "breast-cancer"
+    fraud = "fraud"
+
+
+@app.command()
+def demo(
+    dataset: Annotated[DemoDataset, typer.Option(help="digits (~3 min on 2 cores), fashion-mnist (bigger), breast-cancer or fraud (tabular).")] = DemoDataset.digits,
+    out: Annotated[Path, typer.Option(help="Output directory for runs, results.json and report.html.")] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option(help="Seed for training and attacks.")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No training progress bars.")] = False,
+) -> None:
+    """Train standard, PGD-AT (50/50) and Fast-AT models, measure them, and write report.html + results.json."""
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        if dataset in (DemoDataset.digits, DemoDataset.fashion_mnist):
+            from .demo import run_demo
+
+            results = run_demo(dataset.value, out, seed=seed, quiet=quiet, say=lambda m: err.print(f"[cyan]{m}[/]"))
+        else:
+            from .tabular.demo import run_tabular_demo
+
+            results = run_tabular_demo(dataset.value, out, seed=seed, quiet=quiet, say=lambda m: err.print(f"[cyan]{m}[/]"))
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    _print_demo(results)
+    console.print(f"\nwrote {out / 'report.html'} and {out / 'results.json'} in {time.perf_counter() - t0:.0f} s")
+
+
+def _print_demo(results: dict) -> None:
+    models = results["models"]
+    table = Table(title=f"armor demo on {results.get('dataset')}: {next(iter(models.values()))['threat_model']}")
+    for col in ("model", "clean", "robust (worst case)", "ECE", "shift acc.", "train s", "passes x std", "masking"):
+        table.add_column(col, justify="left" if col in ("model", "masking") else "right")
+    for name, m in models.items():
+        cal = (m.get("calibration") or {}).get("clean") or {}
+        shift = m.get("shift") or {}
+        cost = m.get("cost") or {}
+        table.add_row(name, f"{m['clean_accuracy']:.1%}", f"{m['robust_accuracy']:.1%}",
+                      f"{cal['ece']:.3f}" if "ece" in cal else "-",
+                      f"{shift['mean_accuracy']:.1%}" if "mean_accuracy" in shift else "-",
+                      f"{m.get('train_seconds') or 0:.1f}",
+                      f"{cost['pass_ratio']:.2f}" if cost.get("pass_ratio") else "-",
+                      ", ".join(f["name"] for f in m.get("masking_flags", [])) or "none")
+    console.print(table)
+    c = results.get("claims") or {}
+    if c:
+        claims = Table(title=f"claims: {c['hardened']} vs {c['baseline']}")
+        claims.add_column("claim")
+        claims.add_column("measured", justify="right")
+        pp = lambda v: "-" if v is None else f"{v * 100:+.1f} pt"  # noqa: E731
+        for label, key, fmt in (("robustness gain", "robustness_gain", pp), ("gain under shift", "shift_gain", pp),
+                                ("gain across equipment", "equipment_gain", pp),
+                                ("ECE change", "ece_change", lambda v: "-" if v is None else f"{v:+.3f}"),
+                                ("cost ratio (train time)", "cost_ratio", lambda v: "-" if v is None else f"{v:.2f}x"),
+                                ("cost ratio (passes)", "pass_ratio", lambda v: "-" if v is None else f"{v:.2f}x"),
+                                ("clean-accuracy change", "clean_accuracy_change", pp)):
+            if key in c:
+                claims.add_row(label, fmt(c[key]))
+        console.print(claims)
+        mat = c.get("attack_matrix")
+        if mat:
+            t = Table(title="trained with (rows) / tested with (columns): robust accuracy")
+            t.add_column("model")
+            for col in mat["columns"]:
+                t.add_column(col, justify="right")
+            for row, vals in mat["rows"].items():
+                t.add_row(row, *["-" if vals.get(col) is None else f"{vals[col]:.1%}" for col in mat["columns"]])
+            console.print(t)
+
+
+def _register_train() -> None:
+    from .training.cli import build_typer_command
+
+    build_typer_command(app)
+
+
+_register_train()
 
 
 def main() -> None:  # pragma: no cover - console entry point
