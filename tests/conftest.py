@@ -5,6 +5,9 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
+# The tests use tiny models, for which intra-op threads cost more than they save, and CI shares its cores.
+torch.set_num_threads(1)
+
 
 class DigitsNet(nn.Module):
     def __init__(self):

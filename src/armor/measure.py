@@ -66,7 +66,7 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
             suite=curve_suite, batch_size=batch_size, seed=seed))
     if calibration:
         entry["calibration"] = timed("calibration", lambda: metrics.calibration_report(
-            model, x, y, threat, x_adv=result.x_adv, batch_size=batch_size, seed=seed))
+            model, x, y, threat, batch_size=batch_size, seed=seed))  # its own PGD: robust points count at their worst iterate
     if shift and images:
         entry["shift"] = timed("shift", lambda: metrics.shift_accuracy(
             model, x, y, generator=torch.Generator().manual_seed(seed)))

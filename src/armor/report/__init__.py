@@ -27,6 +27,7 @@ CHECK_HELP = {
     "black_box_beats_white_box": "The gradient-free Square attack found adversarial examples that the gradient-based "
                                  "attacks missed: the gradients are obfuscated.",
     "zero_gradients": "Many inputs have (almost) zero input gradient, e.g. from quantisation or saturated outputs.",
+    "probability_outputs": "The model returns probabilities, not logits; attacks apply softmax again and their loss saturates.",
     "randomized_outputs": "Two forward passes on the same input disagree: randomness can hide gradients; use EOT.",
 }
 
