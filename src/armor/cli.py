@@ -347,7 +347,8 @@ def demo(
 
 def _print_demo(results: dict) -> None:
     models = results["models"]
-    table = Table(title=f"armor demo on {results.get('dataset')}: {next(iter(models.values()))['threat_model']}")
+    tm = next(iter(models.values()))["threat_model"]
+    table = Table(title=f"armor demo on {results.get('dataset')}, threat model {tm['norm']} eps={tm['eps']}")
     for col in ("model", "clean", "robust (worst case)", "ECE", "shift acc.", "train s", "passes x std", "masking"):
         table.add_column(col, justify="left" if col in ("model", "masking") else "right")
     for name, m in models.items():

@@ -144,7 +144,7 @@ def claims(models: dict[str, dict[str, Any]], baseline: str, hardened: str) -> d
         row["worst case"] = m["robust_accuracy"]
         if "l2_robust_accuracy" in m:
             row["apgd-ce (l2)"] = m["l2_robust_accuracy"]
-        rows[f"{name} ({m.get('recipe', name)})"] = row
+        rows[f"{name}: {_trained_with(m)}"] = row
     columns += ["worst case"] + (["apgd-ce (l2)"] if any("l2_robust_accuracy" in m for m in models.values()) else [])
     return {
         "baseline": baseline,
@@ -158,3 +158,17 @@ def claims(models: dict[str, dict[str, Any]], baseline: str, hardened: str) -> d
         "clean_accuracy_change": diff(lambda m: m["clean_accuracy"]),
         "attack_matrix": {"columns": columns, "rows": rows},
     }
+
+
+def _trained_with(entry: dict[str, Any]) -> str:
+    """How a model was trained, in attack terms, for the rows of the train-A/test-B matrix."""
+    recipe, params = entry.get("recipe"), entry.get("recipe_params") or {}
+    norm = entry.get("threat_model", {}).get("norm", "")
+    if recipe == "standard":
+        return "no attack"
+    if recipe == "fast-at":
+        return f"FGSM, random start ({norm})"
+    if recipe == "pgd-at":
+        ratio = params.get("adv_ratio")
+        return f"PGD-{params.get('steps', 10)} ({norm})" + (f", {ratio:.0%} adversarial" if ratio is not None else "")
+    return recipe or "?"

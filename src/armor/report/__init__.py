@@ -74,8 +74,9 @@ def _claim_cards(claims: dict[str, Any]) -> list[dict[str, str]]:
     return [c for c in cards if c]
 
 
-def _interp_figures(name: str, art: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"alignment": art.get("alignment")}
+def _interp_figures(entry: dict[str, Any], art: dict[str, Any]) -> dict[str, Any]:
+    align = (entry.get("interpretability") or {}).get("alignment", art.get("alignment"))
+    out: dict[str, Any] = {"alignment": None if align is None else float(align)}
     x = art.get("x")
     if x is not None and art.get("saliency") is not None and len(x):
         k = min(8, len(x))
@@ -119,7 +120,7 @@ def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[st
         figs["equipment"] = plots.grouped_bars(
             {n: {str(k): v for k, v in e.get("per_device", {}).items()} for n, e in equipment.items()},
             "accuracy")
-    interp = {n: _interp_figures(n, artifacts[n]) for n in models if n in artifacts}
+    interp = {n: _interp_figures(models[n], artifacts[n]) for n in models if n in artifacts}
     tabular = {n: m["tabular"] for n, m in models.items() if m.get("tabular")}
     first = next(iter(models.values()))
     tm = first.get("threat_model") or {}

@@ -1,0 +1,261 @@
+"""The run configuration behind `armor train`: one flat set of options, from the CLI or a TOML file.
+
+Every CLI option is a key of :class:`TrainConfig` (dashes or underscores both work in TOML). The resolved
+configuration is stored in the run directory as ``config.toml``, so ``armor train --config RUN/config.toml``
+repeats a run. :func:`train` turns a configuration into a trained run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+# Keys that say how to run, not what to train: they may differ between a run and its resume.
+RUNTIME_KEYS = ("out", "resume", "quiet", "config", "checkpoint_every", "device")
+
+# Recipe parameters: config key -> (recipe parameter, recipes that take it).
+RECIPE_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "adv_ratio": ("adv_ratio", ("pgd-at", "multi", "awp")),
+    "beta": ("beta", ("trades", "mart", "awp")),
+    "steps": ("steps", ("pgd-at", "trades", "mart", "multi", "awp")),
+    "step_size": ("step_size", ("pgd-at", "trades", "mart", "fast-at", "free-at", "multi", "awp")),
+    "random_start": ("random_start", ("pgd-at", "mart", "multi", "awp")),
+    "fast_variant": ("variant", ("fast-at",)),
+    "noise": ("noise", ("fast-at",)),
+    "replays": ("replays", ("free-at",)),
+    "awp_base": ("base", ("awp",)),
+    "awp_gamma": ("gamma", ("awp",)),
+    "awp_warmup": ("warmup", ("awp",)),
+    "multi_threats": ("threats", ("multi",)),
+    "multi_mode": ("mode", ("multi",)),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything `armor train` accepts. ``None`` means "the default of the recipe / optimizer / dataset"."""
+
+    # data and model
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    n_train: Optional[int] = None
+    model: Optional[str] = None
+    normalize: bool = True
+    # threat model
+    norm: str = "linf"
+    eps: float = 0.1
+    # recipe
+    recipe: str = "pgd-at"
+    adv_ratio: Optional[float] = None
+    beta: Optional[float] = None
+    steps: Optional[int] = None
+    step_size: Optional[float] = None
+    random_start: Optional[bool] = None
+    fast_variant: Optional[str] = None
+    noise: Optional[float] = None
+    replays: Optional[int] = None
+    awp_base: Optional[str] = None
+    awp_gamma: Optional[float] = None
+    awp_warmup: Optional[int] = None
+    multi_threats: Optional[str] = None
+    multi_mode: Optional[str] = None
+    eps_warmup: int = 0
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: Optional[float] = None
+    momentum: float = 0.9
+    weight_decay: Optional[float] = None
+    lr_schedule: Optional[str] = None
+    seed: int = 0
+    # validation, early stopping, checkpoints
+    val_fraction: float = 0.1
+    val_steps: int = 10
+    patience: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    # running
+    out: Optional[str] = None
+    device: str = "auto"
+    quiet: bool = False
+
+    def recipe_params(self) -> dict[str, Any]:
+        """The recipe's parameters; an option given for a recipe that does not take it is an error."""
+        params: dict[str, Any] = {}
+        for key, (param, recipes) in RECIPE_OPTIONS.items():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if self.recipe not in recipes:
+                raise ValueError(f"option {key.replace('_', '-')} does not apply to recipe {self.recipe!r} "
+                                 f"(it is for {', '.join(recipes)})")
+            params[param] = value
+        return params
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check a config value against the field's type (TOML gives ints for floats like `eps = 1`)."""
+    f = FIELDS[key]
+    kind = str(f.type)
+    if value is None:
+        return None
+    if "bool" in kind:
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
+        return value
+    if "int" in kind:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
+        return value
+    if "float" in kind:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+        return float(value)
+    if key == "multi_threats" and isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    if not isinstance(value, str):
+        raise ValueError(f"config key {key!r} must be a string, got {value!r}")
+    return value
+
+
+def config_from_mapping(mapping: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """Normalise keys (dashes -> underscores), reject unknown ones, and type-check the values."""
+    out: dict[str, Any] = {}
+    for raw_key, value in mapping.items():
+        key = raw_key.replace("-", "_")
+        if key not in FIELDS:
+            close = [k for k in FIELDS if key in k or k in key]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"{where}: unknown option {raw_key!r}{hint}; valid options: {', '.join(FIELDS)}")
+        if isinstance(value, dict):
+            raise ValueError(f"{where}: option {raw_key!r} must be a value, not a table")
+        out[key] = _coerce(key, value)
+    return out
+
+
+def read_config_file(path: Union[str, Path]) -> dict[str, Any]:
+    """Read a TOML (or JSON) config file into a dict of validated options."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a table of options")
+    return config_from_mapping(data, str(path))
+
+
+def resolve_config(options: dict[str, Any], config_file: Union[str, Path, None] = None) -> TrainConfig:
+    """Defaults < config file < explicit options (those not ``None``)."""
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(read_config_file(config_file))
+    merged.update(config_from_mapping({k: v for k, v in options.items() if v is not None}, "options"))
+    return TrainConfig(**merged)
+
+
+def dump_toml(config: Union[TrainConfig, dict[str, Any]]) -> str:
+    """The configuration as TOML (``None`` values are left out: absent means default)."""
+    data = config.to_dict() if isinstance(config, TrainConfig) else config
+    lines = ["# armor train configuration (resolved); rerun with: armor train --config config.toml"]
+    for key, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"config {key} = {value} cannot be written to TOML")
+            text = repr(value)
+        else:
+            text = json.dumps(str(value))  # a JSON string is a valid TOML basic string
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def normalization_stats(x) -> tuple[list[float], list[float]]:
+    """Mean and std of the training inputs, per channel for images and per feature for tables."""
+    if x.dim() == 4:
+        mean = x.mean(dim=(0, 2, 3))
+        std = x.std(dim=(0, 2, 3))
+    else:
+        flat = x.reshape(x.shape[0], -1)
+        mean, std = flat.mean(dim=0), flat.std(dim=0)
+    # A constant feature would divide by zero, and a nearly constant one would turn a tiny eps into a huge
+    # step in the model's units: floor the std.
+    return mean.tolist(), std.clamp_min(0.05).tolist()
+
+
+_normalisation = normalization_stats  # the name armor.demo imports
+
+
+def train(config: Union[TrainConfig, dict[str, Any]], *, resume: bool = False):
+    """Train a model as `armor train` does: load the dataset, build the model, run the :class:`Trainer`.
+
+    Arguments:
+        config: a :class:`TrainConfig` (or a dict of its fields). ``config.out`` is the run directory.
+        resume: continue the run in ``config.out`` (its saved state must match this configuration).
+    Returns:
+        The :class:`~armor.training.trainer.TrainResult`.
+    """
+    import torch
+
+    from ..data import load_dataset
+    from ..models import build_model, default_model_for, model_spec
+    from ..threat import ThreatModel
+    from .trainer import Trainer
+
+    if isinstance(config, dict):
+        config = TrainConfig(**config_from_mapping(config))
+    recipe_params = config.recipe_params()
+    ds = load_dataset(config.dataset, "train", data_dir=config.data_dir, seed=config.seed)
+    if config.n_train is not None:
+        if config.n_train < 1:
+            raise ValueError(f"n_train must be >= 1, got {config.n_train}")
+        # A seeded random subset: the first n could follow the file's class order.
+        g = torch.Generator().manual_seed(config.seed)
+        ds = ds.subset(torch.randperm(len(ds), generator=g)[:config.n_train].sort().values)
+    threat = ThreatModel(config.norm, config.eps)
+    name = config.model or default_model_for(config.dataset)
+    extra: dict[str, Any] = {}
+    if config.normalize:
+        extra["mean"], extra["std"] = normalization_stats(ds.x)
+    torch.manual_seed(config.seed)  # the weight initialisation
+    model = build_model(model_spec(name, ds, **extra))
+    if config.device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = config.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    info = {"dataset": {"name": config.dataset, "data_dir": config.data_dir, "n_train": config.n_train,
+                        "split": "train"}}
+    if config.out is None:
+        raise ValueError("pass --out DIR: the run directory for weights, metrics and checkpoints")
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":
+        device = None  # the trainer picks cuda:LOCAL_RANK
+    trainer = Trainer(model, ds, recipe=config.recipe, recipe_params=recipe_params, threat=threat,
+                      epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
+                      momentum=config.momentum, weight_decay=config.weight_decay, lr_schedule=config.lr_schedule,
+                      seed=config.seed, out_dir=config.out, val_fraction=config.val_fraction,
+                      val_steps=config.val_steps, patience=config.patience, eps_warmup=config.eps_warmup,
+                      checkpoint_every=config.checkpoint_every, resume=resume, quiet=config.quiet, info=info,
+                      config=config.to_dict(), device=device)
+    return trainer.fit()

@@ -1,0 +1,650 @@
+"""Training recipes: each one is a batch loss plugged into the one training loop.
+
+A recipe splits its work in two halves, so that wrappers such as AWP can reuse any recipe:
+
+* ``perturb(model, x, y, ctx)`` builds the adversarial inputs (attack passes only: the model is in eval mode
+  with frozen parameters inside :func:`armor.attacks.attack_mode`, so BatchNorm statistics and parameter
+  gradients are untouched);
+* ``objective(model, x, y, x_adv, ctx)`` is the training loss on those inputs (train-mode forward).
+
+``step(model, x, y, ctx)`` runs one optimisation step from the two; recipes that need a different update
+(Free-AT replays a minibatch, AWP perturbs the weights around the update) override it, so the loop itself has
+no special cases. ``ctx`` is the trainer's :class:`~armor.training.trainer.StepContext`: the current threat
+model (after the eps warm-up), the attack generator, the epoch progress, and ``backward`` / ``optimizer_step``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks import attack_mode, loss_and_grad, pgd
+from ..threat import ThreatModel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainer import StepContext
+
+
+@dataclass
+class BatchStats:
+    """What one batch reports: mean loss, batch size, and correct counts on clean / adversarial inputs
+    (``None`` when the recipe did not run that forward pass, e.g. no clean pass at ``adv_ratio=1``)."""
+
+    loss: float
+    n: int
+    clean_correct: Optional[float] = None
+    adv_correct: Optional[float] = None
+
+
+def _correct(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.detach().argmax(1) == y).sum())
+
+
+def scale_threat(threat: ThreatModel, factor: float) -> ThreatModel:
+    """``threat`` with its radius multiplied by ``factor`` (per-feature budgets keep their shape)."""
+    if factor == 1.0:
+        return threat
+    return ThreatModel(threat.norm, threat.eps * factor, threat.bounds, threat.constraints)
+
+
+def _check_ratio(name: str, value: Any) -> float:
+    try:
+        r = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= r <= 1.0 or math.isnan(r):
+        raise ValueError(f"{name} must be in [0, 1] (the share of each batch's loss that comes from "
+                         f"adversarial examples; 1.0 is Madry et al.), got {value!r}")
+    return r
+
+
+def _check_int(name: str, value: Any, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _check_pos(name: str, value: Any, allow_zero: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+
+class Recipe:
+    """Base class of the training recipes. Subclasses set ``name``/``description`` and implement
+    ``perturb`` and ``objective`` (or override ``step``).
+
+    Class attributes read by the trainer: ``adversarial`` (select checkpoints on robust rather than clean
+    validation accuracy), ``epoch_divisor`` (Free-AT: passes over the data per epoch budget),
+    ``updates_per_batch`` (optimizer steps per minibatch) and ``default_schedule`` (learning-rate schedule).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    adversarial: ClassVar[bool] = True
+    default_schedule: ClassVar[str] = "cosine"
+    epoch_divisor: int = 1
+    updates_per_batch: int = 1
+
+    def params(self) -> dict[str, Any]:
+        """The recipe's parameters as JSON-serialisable values (recorded in the run's metadata)."""
+        raise NotImplementedError
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: "StepContext") -> Any:
+        """Adversarial inputs for this batch (``None`` if the objective needs none)."""
+        return None
+
+    def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: Any,
+                  ctx: "StepContext") -> tuple[torch.Tensor, BatchStats]:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             ctx: "StepContext") -> tuple[torch.Tensor, BatchStats]:
+        """The batch loss: ``objective`` on the inputs ``perturb`` made."""
+        return self.objective(model, x, y, self.perturb(model, x, y, ctx), ctx)
+
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: "StepContext") -> BatchStats:
+        """One optimisation step on a minibatch: loss, backward, optimizer step."""
+        loss, stats = self.loss(model, x, y, ctx)
+        ctx.zero_grad()
+        ctx.backward(loss)
+        ctx.optimizer_step()
+        return stats
+
+    def validation_threats(self, threat: ThreatModel) -> list[ThreatModel]:
+        """Threat models the robust validation attacks (per-sample worst case over them)."""
+        return [threat]
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried between batches (Free-AT's perturbation); saved with every checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+# ---------------------------------------------------------------------------------------------- standard
+class Standard(Recipe):
+    name = "standard"
+    description = "cross-entropy on clean inputs (the cost baseline: 1 forward + 1 backward per example)"
+    adversarial = False
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def objective(self, model, x, y, x_adv, ctx):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        return loss, BatchStats(loss.item(), len(y), clean_correct=_correct(logits, y))
+
+
+# ---------------------------------------------------------------------------------------------- PGD-AT
+class _PGDAttackMixin:
+    steps: int
+    step_size: Optional[float]
+    random_start: bool
+
+    def _pgd(self, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, ctx: "StepContext") -> torch.Tensor:
+        rel = 2.5 / self.steps if self.step_size is None else self.step_size
+        return pgd(ctx.attack_model, x, y, threat, steps=self.steps, step_size=rel * threat.eps_scalar,
+                   random_start=self.random_start, generator=ctx.generator)
+
+
+def _mixed_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, advs: list[torch.Tensor],
+              ratio: float) -> tuple[torch.Tensor, BatchStats]:
+    """(1 - r) CE(clean) + r * mean_i CE(adv_i), in one forward pass over the concatenated inputs.
+
+    The clean forward is skipped at r = 1 and the adversarial ones at r = 0, so no pass is wasted."""
+    parts = ([x] if ratio < 1 else []) + (advs if ratio > 0 else [])
+    logits = model(torch.cat(parts) if len(parts) > 1 else parts[0])
+    chunks = logits.split(len(y))
+    n = len(y)
+    loss = logits.new_zeros(())
+    clean_correct = adv_correct = None
+    if ratio < 1:
+        loss = loss + (1 - ratio) * F.cross_entropy(chunks[0], y)
+        clean_correct = _correct(chunks[0], y)
+        chunks = chunks[1:]
+    if ratio > 0:
+        adv_loss = sum(F.cross_entropy(c, y) for c in chunks) / len(chunks)
+        loss = loss + ratio * adv_loss if ratio < 1 else adv_loss
+        adv_correct = sum(_correct(c, y) for c in chunks) / len(chunks)
+    return loss, BatchStats(loss.item(), n, clean_correct, adv_correct)
+
+
+class PGDAT(_PGDAttackMixin, Recipe):
+    name = "pgd-at"
+    description = ("PGD adversarial training (Madry et al. 2018); adv_ratio r mixes the loss: "
+                   "(1-r)*CE(clean) + r*CE(adv), default 0.5, 1.0 is Madry")
+
+    def __init__(self, adv_ratio: float = 0.5, steps: int = 10, step_size: Optional[float] = None,
+                 random_start: bool = True):
+        """PGD adversarial training.
+
+        Arguments:
+            adv_ratio: share of each batch's loss from adversarial examples, in [0, 1].
+            steps: PGD steps. step_size: per-step size in units of eps (default 2.5 / steps).
+            random_start: start PGD uniformly inside the ball.
+        """
+        self.adv_ratio = _check_ratio("adv_ratio", adv_ratio)
+        self.steps = _check_int("steps", steps)
+        self.step_size = None if step_size is None else _check_pos("step_size", step_size)
+        self.random_start = bool(random_start)
+
+    def params(self):
+        return {"adv_ratio": self.adv_ratio, "steps": self.steps, "step_size": self.step_size,
+                "random_start": self.random_start}
+
+    def perturb(self, model, x, y, ctx):
+        return None if self.adv_ratio == 0 else self._pgd(x, y, ctx.threat, ctx)
+
+    def objective(self, model, x, y, x_adv, ctx):
+        return _mixed_ce(model, x, y, [] if x_adv is None else [x_adv], self.adv_ratio)
+
+
+# ---------------------------------------------------------------------------------------------- TRADES
+def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(p || q) from log-probabilities."""
+    return (p_log.exp() * (p_log - q_log)).sum(dim=1)
+
+
+class TRADES(Recipe):
+    name = "trades"
+    description = "TRADES (Zhang et al. 2019): CE(clean) + beta * KL(f(x) || f(x_adv)), attack maximises the KL"
+
+    def __init__(self, beta: float = 6.0, steps: int = 10, step_size: Optional[float] = None):
+        """TRADES.
+
+        Arguments:
+            beta: weight of the robustness (KL) term. steps: attack steps.
+            step_size: per-step size in units of eps (default 2.5 / steps).
+        """
+        self.beta = _check_pos("beta", beta, allow_zero=True)
+        self.steps = _check_int("steps", steps)
+        self.step_size = None if step_size is None else _check_pos("step_size", step_size)
+
+    def params(self):
+        return {"beta": self.beta, "steps": self.steps, "step_size": self.step_size}
+
+    def perturb(self, model, x, y, ctx):
+        threat = ctx.threat
+        alpha = (2.5 / self.steps if self.step_size is None else self.step_size) * threat.eps_scalar
+        attack_model = ctx.attack_model
+        with attack_mode(attack_model):
+            with torch.no_grad():
+                clean_log = F.log_softmax(attack_model(x), dim=1)
+
+            def kl_loss(logits, _y, _target):
+                return _kl(clean_log, F.log_softmax(logits, dim=1))
+
+            # TRADES starts next to x: at x itself the KL has a zero gradient.
+            noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
+            x_adv = threat.project(x + 0.001 * noise, x)
+            for _ in range(self.steps):
+                _, _, grad = loss_and_grad(attack_model, x_adv, y, kl_loss)
+                x_adv = threat.project(threat.step(x_adv, grad, alpha), x)
+        return x_adv.detach()
+
+    def objective(self, model, x, y, x_adv, ctx):
+        logits = model(torch.cat([x, x_adv]))
+        clean, adv = logits.split(len(y))
+        natural = F.cross_entropy(clean, y)
+        robust = _kl(F.log_softmax(clean, dim=1), F.log_softmax(adv, dim=1)).mean()
+        loss = natural + self.beta * robust
+        return loss, BatchStats(loss.item(), len(y), _correct(clean, y), _correct(adv, y))
+
+
+# ---------------------------------------------------------------------------------------------- MART
+class MART(_PGDAttackMixin, Recipe):
+    name = "mart"
+    description = ("MART (Wang et al. 2020): boosted CE on adversarial examples + beta * KL weighted by "
+                   "1 - p_y(x), emphasising misclassified examples")
+
+    def __init__(self, beta: float = 6.0, steps: int = 10, step_size: Optional[float] = None,
+                 random_start: bool = True):
+        """MART.
+
+        Arguments:
+            beta: weight of the misclassification-aware KL term. steps, step_size (units of eps),
+            random_start: the PGD attack (CE loss).
+        """
+        self.beta = _check_pos("beta", beta, allow_zero=True)
+        self.steps = _check_int("steps", steps)
+        self.step_size = None if step_size is None else _check_pos("step_size", step_size)
+        self.random_start = bool(random_start)
+
+    def params(self):
+        return {"beta": self.beta, "steps": self.steps, "step_size": self.step_size,
+                "random_start": self.random_start}
+
+    def perturb(self, model, x, y, ctx):
+        return self._pgd(x, y, ctx.threat, ctx)
+
+    def objective(self, model, x, y, x_adv, ctx):
+        logits = model(torch.cat([x, x_adv]))
+        clean, adv = logits.split(len(y))
+        adv_p = F.softmax(adv, dim=1)
+        # The most likely wrong class on the adversarial input: its probability is pushed down (the "boost").
+        wrong = adv.detach().scatter(1, y[:, None], float("-inf")).argmax(dim=1)
+        bce = F.cross_entropy(adv, y) + F.nll_loss(torch.log(1.0001 - adv_p + 1e-12), wrong)
+        clean_log = F.log_softmax(clean, dim=1)
+        true_p = clean_log.exp().gather(1, y[:, None]).squeeze(1)
+        kl = _kl(clean_log, torch.log(adv_p + 1e-12))
+        loss = bce + self.beta * (kl * (1.0000001 - true_p)).mean()
+        return loss, BatchStats(loss.item(), len(y), _correct(clean, y), _correct(adv, y))
+
+
+# ---------------------------------------------------------------------------------------------- Fast-AT
+class FastAT(Recipe):
+    name = "fast-at"
+    description = ("single-step AT: FGSM with random start (Wong et al. 2020, step 1.25 eps) or N-FGSM "
+                   "(de Jorge et al. 2022, noise 2 eps, step eps, no projection); cyclic learning rate")
+    default_schedule = "cyclic"
+    VARIANTS = ("fgsm-rs", "n-fgsm")
+
+    def __init__(self, variant: str = "fgsm-rs", step_size: Optional[float] = None, noise: Optional[float] = None):
+        """Fast adversarial training.
+
+        Arguments:
+            variant: ``"fgsm-rs"``: start uniformly in the eps ball, one signed step, project back to the
+                ball. ``"n-fgsm"``: start uniformly in a ball of ``noise`` * eps, one step, and keep the
+                result unprojected (only the data bounds apply): the paper's rule, whose perturbations may
+                reach (noise + step_size) * eps.
+            step_size: in units of eps (default 1.25 for fgsm-rs, 1.0 for n-fgsm).
+            noise: n-fgsm only: radius of the initial noise in units of eps (default 2).
+        """
+        if variant not in self.VARIANTS:
+            raise ValueError(f"fast-at variant must be one of {', '.join(self.VARIANTS)}, got {variant!r}")
+        self.variant = variant
+        default_step = 1.25 if variant == "fgsm-rs" else 1.0
+        self.step_size = default_step if step_size is None else _check_pos("step_size", step_size)
+        if noise is not None and variant != "n-fgsm":
+            raise ValueError("fast-at noise applies to the n-fgsm variant only (fgsm-rs starts uniformly in the "
+                             "eps ball)")
+        self.noise = (2.0 if noise is None else _check_pos("noise", noise, allow_zero=True)) \
+            if variant == "n-fgsm" else None
+
+    def params(self):
+        p = {"variant": self.variant, "step_size": self.step_size}
+        if self.noise is not None:
+            p["noise"] = self.noise
+        return p
+
+    def perturb(self, model, x, y, ctx):
+        threat = ctx.threat
+        if self.variant == "fgsm-rs":
+            start_threat, land_threat = threat, threat
+        else:
+            start_threat = scale_threat(threat, self.noise)
+            # No projection to the eps ball: the widest ball the step can reach binds only the data bounds.
+            land_threat = scale_threat(threat, self.noise + self.step_size)
+        x0 = start_threat.random_init(x, ctx.generator) if start_threat.eps_scalar > 0 else x
+        with attack_mode(ctx.attack_model):
+            _, _, grad = loss_and_grad(ctx.attack_model, x0, y, _ce)
+        return land_threat.project(threat.step(x0, grad, self.step_size * threat.eps_scalar), x).detach()
+
+    def objective(self, model, x, y, x_adv, ctx):
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits, y)
+        return loss, BatchStats(loss.item(), len(y), adv_correct=_correct(logits, y))
+
+
+def _ce(logits, y, target=None):
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+# ---------------------------------------------------------------------------------------------- Free-AT
+class FreeAT(Recipe):
+    name = "free-at"
+    description = ("Free-AT (Shafahi et al. 2019): each minibatch replayed m times, one forward-backward gives "
+                   "both the weight and the input gradient, perturbation carried over; epochs divided by m")
+
+    def __init__(self, replays: int = 4, step_size: float = 1.0):
+        """Free adversarial training.
+
+        Arguments:
+            replays: m, how often each minibatch is replayed; the run makes ceil(epochs / m) passes over the
+                data, so its gradient steps match ``epochs`` epochs of standard training.
+            step_size: signed-gradient step on the carried perturbation, in units of eps (the paper: 1).
+        """
+        self.replays = _check_int("replays", replays)
+        self.step_size = _check_pos("step_size", step_size)
+        self.epoch_divisor = self.replays
+        self.updates_per_batch = self.replays
+        self.delta: Optional[torch.Tensor] = None
+
+    def params(self):
+        return {"replays": self.replays, "step_size": self.step_size}
+
+    def _carried(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.delta is None:
+            return torch.zeros_like(x)
+        d = self.delta.to(x)
+        if d.shape[0] >= n:
+            return d[:n]
+        return torch.cat([d, torch.zeros((n - d.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)])
+
+    def step(self, model, x, y, ctx):
+        threat = ctx.threat
+        delta = self._carried(x)
+        loss_sum = correct = 0.0
+        for _ in range(self.replays):
+            x_adv = threat.project(x + delta, x).requires_grad_(True)
+            logits = model(x_adv)
+            loss = F.cross_entropy(logits, y)
+            ctx.zero_grad()
+            ctx.backward(loss)  # one backward: parameter gradients and x_adv.grad together
+            ctx.optimizer_step()
+            loss_sum += loss.item()
+            correct += _correct(logits, y)
+            delta = (threat.project(threat.step(x_adv.detach(), x_adv.grad, self.step_size * threat.eps_scalar), x)
+                     - x).detach()
+        if self.delta is None or self.delta.shape[0] <= delta.shape[0]:
+            self.delta = delta
+        else:  # a short last batch: keep the rows it did not touch for the next epoch's first batch
+            self.delta = torch.cat([delta, self.delta[delta.shape[0]:].to(delta)])
+        return BatchStats(loss_sum / self.replays, len(y), adv_correct=correct / self.replays)
+
+    def state_dict(self):
+        return {} if self.delta is None else {"delta": self.delta.detach().cpu().clone()}
+
+    def load_state_dict(self, state):
+        self.delta = state.get("delta")
+
+
+# ---------------------------------------------------------------------------------------------- AWP
+class AWP(Recipe):
+    name = "awp"
+    description = ("adversarial weight perturbation (Wu et al. 2020) on top of pgd-at (adv_ratio 1 by "
+                   "default), trades or mart: each layer's weights move gamma*||w|| up the loss for the update")
+
+    BASES = ("pgd-at", "trades", "mart", "standard")
+
+    def __init__(self, base: str = "pgd-at", gamma: float = 5e-3, warmup: int = 0, **base_params: Any):
+        """AWP.
+
+        Arguments:
+            base: the recipe whose loss the weights are perturbed against (``pgd-at``, ``trades``, ``mart`` or
+                ``standard``).
+            gamma: relative size of the weight perturbation per layer (the paper: 5e-3).
+            warmup: epochs of plain ``base`` training before AWP switches on.
+            base_params: parameters of the base recipe (for pgd-at, adv_ratio defaults to 1.0 as in the paper).
+        """
+        if base not in self.BASES:
+            raise ValueError(f"awp base must be one of {', '.join(self.BASES)}, got {base!r}")
+        if base == "pgd-at":
+            base_params.setdefault("adv_ratio", 1.0)
+        self.base = make_recipe(base, **base_params)
+        self.gamma = _check_pos("gamma", gamma, allow_zero=True)
+        self.warmup = _check_int("warmup", warmup, low=0)
+        self.adversarial = self.base.adversarial
+
+    def params(self):
+        return {"base": self.base.name, "gamma": self.gamma, "warmup": self.warmup, **self.base.params()}
+
+    def validation_threats(self, threat):
+        return self.base.validation_threats(threat)
+
+    @staticmethod
+    def _perturbed(model: nn.Module) -> list[nn.Parameter]:
+        # As in the paper: every multi-dimensional weight (conv kernels, linear matrices), not biases or norms.
+        return [p for name, p in model.named_parameters() if p.requires_grad and p.dim() > 1 and "weight" in name]
+
+    def step(self, model, x, y, ctx):
+        x_adv = self.base.perturb(model, x, y, ctx)
+        if ctx.epoch < self.warmup or self.gamma == 0:
+            return self._update(model, x, y, x_adv, ctx)
+        raw = ctx.attack_model
+        weights = self._perturbed(raw)
+        # The ascent pass is a probe: it must not move BatchNorm running statistics.
+        buffers = [b.detach().clone() for b in raw.buffers()]
+        probe, _ = self.base.objective(raw, x, y, x_adv, ctx)
+        grads = ctx.all_reduce_grads(list(torch.autograd.grad(probe, weights)))
+        with torch.no_grad():
+            for b, saved in zip(raw.buffers(), buffers):
+                b.copy_(saved)
+            shifts = [self.gamma * w.norm() * g / (g.norm() + 1e-20) for w, g in zip(weights, grads)]
+            for w, v in zip(weights, shifts):
+                w.add_(v)
+        try:
+            return self._update(model, x, y, x_adv, ctx)
+        finally:
+            with torch.no_grad():
+                for w, v in zip(weights, shifts):
+                    w.sub_(v)
+
+    def _update(self, model, x, y, x_adv, ctx):
+        loss, stats = self.base.objective(model, x, y, x_adv, ctx)
+        ctx.zero_grad()
+        ctx.backward(loss)
+        ctx.optimizer_step()
+        return stats
+
+
+# ---------------------------------------------------------------------------------------------- multi
+@dataclass(frozen=True)
+class Component:
+    """One threat model of a ``multi`` recipe: a norm, a radius and the attack that trains against it."""
+
+    norm: str
+    eps: float
+    attack: str = "pgd"
+
+    @classmethod
+    def parse(cls, spec: Any) -> "Component":
+        if isinstance(spec, Component):
+            return spec
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"norm", "eps", "attack"}
+            if unknown or "norm" not in spec or "eps" not in spec:
+                raise ValueError(f"a multi threat is {{'norm': 'l2', 'eps': 1.0, 'attack': 'pgd'}}, got {spec!r}")
+            norm, eps, attack = spec["norm"], spec["eps"], spec.get("attack", "pgd")
+        elif isinstance(spec, str):
+            parts = [p.strip() for p in spec.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError(f"a multi threat is written 'norm:eps' or 'norm:eps:attack' (e.g. 'l2:1.0' or "
+                                 f"'linf:0.1:fgsm-rs'), got {spec!r}")
+            norm, eps = parts[0], parts[1]
+            attack = parts[2] if len(parts) == 3 else "pgd"
+        else:
+            raise ValueError(f"a multi threat is a 'norm:eps[:attack]' string or a dict, got {spec!r}")
+        from ..threat import Norm
+
+        norm = Norm.parse(norm).value
+        try:
+            eps_f = float(eps)
+        except (TypeError, ValueError):
+            raise ValueError(f"multi threat {spec!r}: eps must be a number") from None
+        if not math.isfinite(eps_f) or eps_f < 0:
+            raise ValueError(f"multi threat {spec!r}: eps must be finite and >= 0")
+        if attack not in ("pgd", "fgsm-rs"):
+            raise ValueError(f"multi threat {spec!r}: attack must be 'pgd' or 'fgsm-rs', got {attack!r}")
+        return cls(norm, eps_f, attack)
+
+    def threat(self, like: ThreatModel) -> ThreatModel:
+        return ThreatModel(self.norm, self.eps, like.bounds, like.constraints)
+
+    def __str__(self) -> str:
+        return f"{self.norm}:{self.eps:g}" + ("" if self.attack == "pgd" else f":{self.attack}")
+
+
+class Multi(_PGDAttackMixin, Recipe):
+    name = "multi"
+    description = ("several threat models / attacks per batch (Tramer & Boneh 2019): train on the worst one "
+                   "per example (max), on all of them (avg), or on one drawn per batch (random)")
+    MODES = ("max", "avg", "random")
+
+    def __init__(self, threats: Any = None, mode: str = "max", adv_ratio: float = 0.5, steps: int = 10,
+                 step_size: Optional[float] = None, random_start: bool = True):
+        """Multi-perturbation adversarial training.
+
+        Arguments:
+            threats: the threat models, as 'norm:eps[:attack]' strings (a comma-separated string works too)
+                or dicts; attack is 'pgd' (default) or 'fgsm-rs'. Their bounds come from the trainer's threat.
+            mode: ``"max"`` (per-example worst case by loss), ``"avg"`` (mean loss over all),
+                ``"random"`` (one threat per batch). adv_ratio: as in pgd-at.
+            steps, step_size (units of each threat's eps), random_start: the PGD attacks.
+        """
+        if threats is None or (not isinstance(threats, (str, list, tuple)) or len(threats) == 0):
+            raise ValueError("multi needs threats, e.g. --multi-threats 'linf:0.1,l2:1.0' "
+                             "(or threats=['linf:0.1', 'l2:1.0'])")
+        if isinstance(threats, str):
+            threats = [t for t in threats.split(",") if t.strip()]
+        self.components = [Component.parse(t) for t in threats]
+        if mode not in self.MODES:
+            raise ValueError(f"multi mode must be one of {', '.join(self.MODES)}, got {mode!r}")
+        self.mode = mode
+        self.adv_ratio = _check_ratio("adv_ratio", adv_ratio)
+        self.steps = _check_int("steps", steps)
+        self.step_size = None if step_size is None else _check_pos("step_size", step_size)
+        self.random_start = bool(random_start)
+
+    def params(self):
+        return {"threats": [str(c) for c in self.components], "mode": self.mode, "adv_ratio": self.adv_ratio,
+                "steps": self.steps, "step_size": self.step_size, "random_start": self.random_start}
+
+    def validation_threats(self, threat):
+        return [c.threat(threat) for c in self.components]
+
+    def _attack(self, comp: Component, x, y, ctx) -> torch.Tensor:
+        threat = scale_threat(comp.threat(ctx.threat), ctx.eps_scale)
+        if comp.attack == "pgd":
+            return self._pgd(x, y, threat, ctx)
+        x0 = threat.random_init(x, ctx.generator) if threat.eps_scalar > 0 else x
+        with attack_mode(ctx.attack_model):
+            _, _, grad = loss_and_grad(ctx.attack_model, x0, y, _ce)
+        return threat.project(threat.step(x0, grad, 1.25 * threat.eps_scalar), x).detach()
+
+    def perturb(self, model, x, y, ctx):
+        if self.adv_ratio == 0:
+            return []
+        if self.mode == "random":
+            k = int(torch.randint(len(self.components), (1,), generator=ctx.generator, device=ctx.generator.device))
+            return [self._attack(self.components[k], x, y, ctx)]
+        advs = [self._attack(c, x, y, ctx) for c in self.components]
+        if self.mode == "avg" or len(advs) == 1:
+            return advs
+        raw = ctx.attack_model
+        with attack_mode(raw), torch.no_grad():
+            losses = torch.stack([F.cross_entropy(raw(a), y, reduction="none") for a in advs])
+        worst = losses.argmax(dim=0)
+        stacked = torch.stack(advs)
+        return [stacked[worst, torch.arange(len(y), device=x.device)]]
+
+    def objective(self, model, x, y, x_adv, ctx):
+        return _mixed_ce(model, x, y, list(x_adv), self.adv_ratio)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (Standard, PGDAT, TRADES, MART, FastAT, FreeAT, AWP,
+                                                               Multi)}
+
+
+def make_recipe(name: str, **params: Any) -> Recipe:
+    """Build the recipe called ``name`` with ``params``; unknown names or parameters raise ``ValueError``.
+
+    Arguments:
+        name: one of :data:`RECIPES` (``armor list recipes``).
+        params: the recipe's parameters (see each class); ``None`` values mean "use the default".
+    Returns:
+        The :class:`Recipe`.
+    """
+    if isinstance(name, Recipe):
+        if params:
+            raise ValueError("pass parameters to the recipe's constructor, not alongside a built recipe")
+        return name
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)} (see `armor list recipes`)")
+    cls = RECIPES[name]
+    params = {k: v for k, v in params.items() if v is not None}
+    import inspect
+
+    sig = inspect.signature(cls.__init__)
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    allowed = [k for k in sig.parameters if k not in ("self",) and sig.parameters[k].kind is not sig.parameters[k].VAR_KEYWORD]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown and not accepts_any:
+        raise ValueError(f"recipe {name!r} has no parameter(s) {', '.join(unknown)}; it takes "
+                         f"{', '.join(allowed) or 'none'}")
+    try:
+        return cls(**params)
+    except TypeError as e:  # a wrong parameter for the base recipe of awp
+        raise ValueError(f"recipe {name!r}: {e}") from None
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    return [(name, cls.description) for name, cls in RECIPES.items()]
