@@ -76,6 +76,15 @@ def list_cmd(what: Annotated[What, typer.Argument(help="What to list.")]) -> Non
     console.print(table)
 
 
+def _register_train() -> None:
+    from .training.cli import build_typer_command
+
+    build_typer_command(app)
+
+
+_register_train()
+
+
 def _load_run(run_dir: Path):
     from .training import load, load_metadata
 
@@ -386,15 +395,6 @@ def _print_demo(results: dict) -> None:
             for row, vals in mat["rows"].items():
                 t.add_row(row, *["-" if vals.get(col) is None else f"{vals[col]:.1%}" for col in mat["columns"]])
             console.print(t)
-
-
-def _register_train() -> None:
-    from .training.cli import build_typer_command
-
-    build_typer_command(app)
-
-
-_register_train()
 
 
 def main() -> None:  # pragma: no cover - console entry point
