@@ -23,11 +23,19 @@ from ..threat import Norm, ThreatModel
 from .constraints import TabularConstraints
 
 
-def _constraints(threat: ThreatModel) -> TabularConstraints:
+def _constraints(threat: ThreatModel, x: torch.Tensor) -> TabularConstraints:
+    """The threat's tabular constraints, after checking that the clean rows satisfy them: the clean point is
+    every repair's fallback, so an infeasible one would leak into the results."""
     if threat.norm is not Norm.LINF or not isinstance(threat.constraints, TabularConstraints):
         raise ValueError("constrained tabular attacks need a linf threat with tabular constraints: build it with "
                          "armor.tabular.threat_from_schema(schema, eps, data=x_train)")
-    return threat.constraints
+    cons = threat.constraints
+    bad = {k: v for k, v in cons.violations(x, x).items() if v.any()}
+    if bad:
+        k, v = next(iter(bad.items()))
+        raise ValueError(f"clean row {int(v.nonzero()[0])} violates the schema's {k} constraints "
+                         f"({', '.join(sorted(bad))} in all); check the data with schema.validate(x)")
+    return cons
 
 
 def _better(fooled: torch.Tensor, loss: torch.Tensor, best_fooled: torch.Tensor, best_loss: torch.Tensor) -> torch.Tensor:
@@ -53,7 +61,7 @@ def constrained_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: 
         model: any ``nn.Module`` returning logits, taking raw features. x: clean rows (N×D), feasible.
         y: labels (N,). threat: from :func:`threat_from_schema`. steps: gradient steps per restart.
         step_size: per-step move in units of each feature's budget (default 2.5 / steps).
-        restarts: independent starts (the first from ``x`` itself when ``random_start`` is False).
+        restarts: independent starts. random_start: start at a uniform point of the box (else at ``x``).
         loss: ``"ce"``, ``"margin"`` or ``"dlr"``. target: optional target classes (a success is then
             predicting the target). early_stop: stop moving a sample once it is fooled.
         polish: finally try every category of each switchable group on the points not yet fooled (one
@@ -63,7 +71,7 @@ def constrained_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: 
         ``x_adv`` with the shape, dtype and device of ``x``; every row satisfies every constraint.
     """
     prepare(model, x, y, threat)
-    cons = _constraints(threat)
+    cons = _constraints(threat, x)
     if steps < 1 or restarts < 1:
         raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
     loss_fn = get_loss(loss)
@@ -211,7 +219,7 @@ def constrained_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threa
         ``x_adv``: each sample's fittest individual (a misclassified one if any was found).
     """
     prepare(model, x, y, threat)
-    cons = _constraints(threat)
+    cons = _constraints(threat, x)
     if population < 2 or generations < 0:
         raise ValueError(f"need population >= 2 and generations >= 0, got {population} and {generations}")
     if not 0 < mutation <= 1:

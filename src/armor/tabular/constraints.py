@@ -16,11 +16,14 @@ The ThreatModel first clamps a candidate into the per-feature eps ball and the b
    independent features, each inside the interval between its clean and candidate value, for a few cycles
    over all inequalities; then step 6 again.
 
-Every step except 6 moves each coordinate towards the clean value, so the result stays in any eps ball the
-candidate was in; a dependent feature moves by at most ``sum(|c| * |dx|)``, which is why its budget is the
+Rows that already satisfy everything are returned untouched (so the repair is idempotent). Every step
+except 6 moves each coordinate towards the clean value, so the result stays in any eps ball the candidate
+was in; a dependent feature moves by at most ``sum(|c| * |dx|)``, which is why its budget is the
 sum of its terms' budgets (:func:`feature_eps`). If the result still violates something (inequalities that
-fight each other, a dependent pushed out of its bounds), the repair backtracks: it bisects for the largest
-fraction ``t`` of the move ``x + t * (x_adv - x)`` whose repair satisfies everything. ``t = 0`` is the clean
+fight each other, a dependent pushed out of its bounds), the repair backtracks: 12 bisection steps over the
+fraction ``t`` of the move ``x + t * (x_adv - x)``, keeping the largest ``t`` met whose repair satisfies
+everything (rounded integers can make feasibility along the segment non-monotone, so "largest met", not
+"largest"). ``t = 0`` is the clean
 point, which is always feasible (clean data are validated against the schema), so every returned point
 satisfies every constraint. Bounds, immutables, monotone rules, integers and one-hot groups hold exactly;
 linear relations hold to a relative tolerance of 1e-5 (float32 rounding of sums).
@@ -107,7 +110,9 @@ class TabularConstraints:
             if f.monotone > 0:
                 rules.append((-ce, 0.0, -ce))           # t >= t_clean
             for a_row, b0, w_row in rules:
-                rows_a.append(a_row), rows_b.append(b0), rows_w.append(w_row)
+                rows_a.append(a_row)
+                rows_b.append(b0)
+                rows_w.append(w_row)
         self.free = np.array([f.kind == "continuous" and f.mutable for f in feats]) & ~self.dependent
         group_idx = [[schema.index(m) for m in g.members] for g in schema.groups]
         self._np = {
@@ -156,16 +161,24 @@ class TabularConstraints:
         self._check_shape(x_adv, x)
         if x_adv.shape[0] == 0:
             return x_adv
+        # Feasible rows are returned untouched, which makes the repair idempotent by construction.
+        todo = (~self.satisfied(x_adv, x)).nonzero().squeeze(1)
+        out = x_adv.detach().clone()
+        if todo.numel() == 0:
+            return out
         t = self._t(x.device)
-        x64 = x.detach().double()
-        v0 = x_adv.detach().double()
-        out = self._finish(self._repair64(v0, x64, t), x, t, x_adv.dtype)
-        bad = ~self.satisfied(out, x)
+        xs = x[todo]
+        x64 = xs.detach().double()
+        v0 = x_adv[todo].detach().double()
+        fixed = self._finish(self._repair64(v0, x64, t, x_adv.dtype), xs, t, x_adv.dtype)
+        bad = ~self.satisfied(fixed, xs)
         if bad.any():
-            out[bad] = self._backtrack(v0[bad], x64[bad], x[bad], t, x_adv.dtype)
+            fixed[bad] = self._backtrack(v0[bad], x64[bad], xs[bad], t, x_adv.dtype)
+        out[todo] = fixed
         return out
 
-    def _repair64(self, v: torch.Tensor, x: torch.Tensor, t: dict[str, Any]) -> torch.Tensor:
+    def _repair64(self, v: torch.Tensor, x: torch.Tensor, t: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
+        v = torch.where(torch.isfinite(v), v, x)  # a NaN would slip through every comparison below
         v = torch.maximum(torch.minimum(v, t["hi"]), t["lo"])
         v = torch.where(t["immutable"], x, v)
         v = torch.where(t["inc"], torch.maximum(v, x), v)
@@ -184,8 +197,9 @@ class TabularConstraints:
             if (lhs > beta + self._row_tol(v, t, beta)).any():
                 lo_box, hi_box = torch.minimum(x, v), torch.maximum(x, v)
                 v = _cycle_projections(v, beta, lo_box, hi_box, t)
-                v = self._apply_equalities(v, x, t)
-        return v
+        # Dependents are computed from the independent values as they will be stored, so that repairing the
+        # result again recomputes exactly the same dependents (idempotence).
+        return self._apply_equalities(v.to(dtype).double(), x, t)
 
     @staticmethod
     def _row_tol(v: torch.Tensor, t: dict[str, Any], beta: torch.Tensor) -> torch.Tensor:
@@ -224,7 +238,7 @@ class TabularConstraints:
         best = x.detach().to(dtype).clone()
         for _ in range(_BISECT):
             mid = (lo + hi) / 2
-            cand = self._finish(self._repair64(x64 + mid * (v0 - x64), x64, t), x, t, dtype)
+            cand = self._finish(self._repair64(x64 + mid * (v0 - x64), x64, t, dtype), x, t, dtype)
             ok = self.satisfied(cand, x)
             best[ok] = cand[ok]
             lo = torch.where(ok[:, None], mid, lo)
@@ -244,7 +258,7 @@ class TabularConstraints:
         n = v.shape[0]
         none = torch.zeros(n, dtype=torch.bool, device=v.device)
         out = {
-            "bounds": ((v < t["lo"]) | (v > t["hi"])).any(dim=1),
+            "bounds": ((v < t["lo"]) | (v > t["hi"]) | ~torch.isfinite(v)).any(dim=1),
             "immutable": ((v != x0) & t["immutable"]).any(dim=1),
             "monotone": (((v < x0) & t["inc"]) | ((v > x0) & t["dec"])).any(dim=1),
             "integer": ((v != torch.round(v)) & (t["integer"] | t["dep_integer"])).any(dim=1),
@@ -359,6 +373,9 @@ def _cycle_projections(v: torch.Tensor, beta: torch.Tensor, lo: torch.Tensor, hi
                        t: dict[str, Any]) -> torch.Tensor:
     """Project onto each violated inequality in turn, for up to ``_CYCLES`` passes (stopping when none is)."""
     rows_a = t["rows_a"]
+    # Aim a hair inside each half-space: storing the result in float32 moves a sum of terms by ~1e-7 of its
+    # size, which must not push a dependent feature across one of its (exact) bounds.
+    beta = beta - 1e-6 * (1 + v.abs() @ rows_a.abs().T + beta.abs())
     for _ in range(_CYCLES):
         viol = (v @ rows_a.T > beta).any(dim=0)
         if not viol.any():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import math
 import os
 import warnings
 from dataclasses import dataclass

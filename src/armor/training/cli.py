@@ -85,7 +85,7 @@ def build_typer_command(app: Any) -> None:
         replays: Annotated[Optional[int], opt("free-at: replays m per minibatch (4); epochs are divided by m.", "replays")] = None,
         awp_base: Annotated[Optional[str], opt("awp: base recipe, pgd-at, trades or mart (pgd-at).", "awp_base")] = None,
         awp_gamma: Annotated[Optional[float], opt("awp: relative weight perturbation gamma (5e-3).", "awp_gamma")] = None,
-        awp_warmup: Annotated[Optional[int], opt("awp: epochs before the weight perturbation starts (0).", "awp_warmup")] = None,
+        awp_warmup: Annotated[Optional[int], opt("awp: epochs before the weight perturbation starts (1).", "awp_warmup")] = None,
         multi_threats: Annotated[Optional[str], opt("multi: threats as 'norm:eps[:attack]' separated by commas, e.g. 'linf:0.1,l2:1.0'.", "multi_threats")] = None,
         multi_mode: Annotated[Optional[str], opt("multi: max, avg or random (max).", "multi_mode")] = None,
         eps_warmup: Annotated[Optional[int], opt("Ramp eps linearly from 0 over the first K epochs.", "eps_warmup")] = None,

@@ -434,14 +434,16 @@ class AWP(Recipe):
 
     BASES = ("pgd-at", "trades", "mart", "standard")
 
-    def __init__(self, base: str = "pgd-at", gamma: float = 5e-3, warmup: int = 0, **base_params: Any):
+    def __init__(self, base: str = "pgd-at", gamma: float = 5e-3, warmup: int = 1, **base_params: Any):
         """AWP.
 
         Arguments:
             base: the recipe whose loss the weights are perturbed against (``pgd-at``, ``trades``, ``mart`` or
                 ``standard``).
             gamma: relative size of the weight perturbation per layer (the paper: 5e-3).
-            warmup: epochs of plain ``base`` training before AWP switches on.
+            warmup: epochs of plain ``base`` training before AWP switches on. Default 1: perturbing freshly
+                initialised weights against the adversarial loss made small CNNs without BatchNorm collapse to a
+                constant prediction in some runs (Fashion-MNIST, lr 0.1); one epoch of plain training avoided it.
             base_params: parameters of the base recipe (for pgd-at, adv_ratio defaults to 1.0 as in the paper).
         """
         if base not in self.BASES:
