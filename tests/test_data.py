@@ -32,7 +32,7 @@ def test_digits_split_is_fixed_disjoint_stratified_and_in_range():
 
 def test_registry_and_unknown_names():
     assert [n for n, _ in list_datasets()] == list(DATASETS)
-    assert {"digits", "fashion-mnist", "mnist", "cifar10", "npz", "csv", "breast-cancer"} <= set(DATASETS)
+    assert {"digits", "fashion-mnist", "mnist", "cifar10", "npz", "csv"} <= set(DATASETS)
     with pytest.raises(ValueError, match="digits"):
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="split"):
@@ -56,14 +56,6 @@ def test_dataset_subset_tensors_and_batches():
     shuf = lambda: torch.cat([b[1] for b in batches(ds.x, ds.y, 100, True, torch.Generator().manual_seed(1))])
     a = shuf()
     assert torch.equal(a, shuf()) and not torch.equal(a, ds.y) and torch.equal(a.sort().values, ds.y.sort().values)
-
-
-def test_breast_cancer_is_scaled_tabular():
-    tr, te = load_dataset("breast-cancer", "train"), load_dataset("breast-cancer", "test")
-    assert tr.x.shape == (398, 30) and te.x.shape == (171, 30) and tr.num_classes == 2
-    assert len(tr.feature_names) == 30 and tr.feature_names[0] == "mean radius"
-    both = torch.cat([tr.x, te.x])
-    assert torch.equal(both.min(0).values, torch.zeros(30)) and torch.equal(both.max(0).values, torch.ones(30))
 
 
 # --- IDX -------------------------------------------------------------------------------------------------

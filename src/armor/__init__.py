@@ -14,4 +14,8 @@ from . import attacks
 from .evaluate import EvalResult, evaluate
 from .threat import Norm, ThreatModel
 
+from . import tabular  # noqa: E402  registers the constrained attacks, tabular datasets and cpgd-at
+
+tabular.register()
+
 __all__ = ["EvalResult", "Norm", "ThreatModel", "attacks", "evaluate", "__version__"]

@@ -116,13 +116,10 @@ def _run_data(meta: dict, dataset: Optional[str], split: str, data_dir: Optional
 
 
 def _threat(meta: dict, norm: Optional[NormOpt], eps: Optional[float]):
-    from .threat import ThreatModel
+    from .measure import threat_for_run
 
-    base = meta.get("threat_model") or {}
     try:
-        return ThreatModel(norm.value if norm else base.get("norm", "linf"),
-                           eps if eps is not None else base.get("eps", 0.0),
-                           tuple(base.get("bounds", (0.0, 1.0))))
+        return threat_for_run(meta, norm.value if norm else None, eps)
     except ValueError as e:
         fail(str(e))
 
@@ -171,7 +168,7 @@ def attack(
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `armor train`.")],
-    suite: Annotated[str, typer.Option(help="'standard', 'fast', or comma-separated attack names.")] = "standard",
+    suite: Annotated[Optional[str], typer.Option(help="'standard', 'fast', 'tabular', or comma-separated attack names (default: standard; tabular for constrained threats).")] = None,
     norm: Annotated[Optional[NormOpt], typer.Option(help="Threat norm; defaults to the run's training norm.")] = None,
     eps: Annotated[Optional[float], typer.Option(help="Radius in input units; defaults to the run's training eps.")] = None,
     eps_grid: Annotated[Optional[str], typer.Option(help="Comma-separated eps values for the accuracy-vs-eps curve (default: 0 to 2x eps).")] = None,
@@ -230,7 +227,8 @@ def _version() -> str:
 
 def _print_eval(result: dict) -> None:
     tm = result["threat_model"]
-    table = Table(title=f"worst-case evaluation, n={result['n']}, {tm['norm']} eps={tm['eps']}")
+    eps = tm["eps"] if not isinstance(tm["eps"], list) else f"per-feature (max {max(tm['eps']):.4g})"
+    table = Table(title=f"worst-case evaluation, n={result['n']}, {tm['norm']} eps={eps}")
     table.add_column("attack")
     table.add_column("accuracy", justify="right")
     table.add_column("cumulative", justify="right")
@@ -357,7 +355,8 @@ def demo(
 def _print_demo(results: dict) -> None:
     models = results["models"]
     tm = next(iter(models.values()))["threat_model"]
-    table = Table(title=f"armor demo on {results.get('dataset')}, threat model {tm['norm']} eps={tm['eps']}")
+    eps = tm["eps"] if not isinstance(tm["eps"], list) else "per-feature"
+    table = Table(title=f"armor demo on {results.get('dataset')}, threat model {tm['norm']} eps={eps}")
     for col in ("model", "clean", "robust (worst case)", "ECE", "shift acc.", "train s", "passes x std", "masking"):
         table.add_column(col, justify="left" if col in ("model", "masking") else "right")
     for name, m in models.items():
@@ -383,9 +382,21 @@ def _print_demo(results: dict) -> None:
                                 ("cost ratio (train time)", "cost_ratio", lambda v: "-" if v is None else f"{v:.2f}x"),
                                 ("cost ratio (passes)", "pass_ratio", lambda v: "-" if v is None else f"{v:.2f}x"),
                                 ("clean-accuracy change", "clean_accuracy_change", pp)):
-            if key in c:
+            if c.get(key) is not None:
                 claims.add_row(label, fmt(c[key]))
         console.print(claims)
+        if any(m.get("tabular") for m in models.values()):
+            t = Table(title="tabular: constraints hold, and what a one-directional attacker achieves")
+            for col in ("model", "constraints satisfied", "recall clean", "recall under attack",
+                        "constrained robust", "unconstrained robust"):
+                t.add_column(col, justify="left" if col == "model" else "right")
+            pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+            for name, m in models.items():
+                tb = m.get("tabular") or {}
+                t.add_row(name, pct(tb.get("constraint_satisfaction")), pct(tb.get("recall_clean")),
+                          pct(tb.get("recall_attacked")), pct(tb.get("constrained_robust_accuracy")),
+                          pct(tb.get("unconstrained_robust_accuracy")))
+            console.print(t)
         mat = c.get("attack_matrix")
         if mat:
             t = Table(title="trained with (rows) / tested with (columns): robust accuracy")

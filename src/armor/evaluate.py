@@ -29,6 +29,9 @@ SUITES: dict[str, dict[str, list[str]]] = {
     "standard": {"linf": ["apgd-ce", "apgd-t", "square"], "l2": ["apgd-ce", "apgd-t", "square"],
                  "l1": ["apgd-ce", "apgd-t", "apgd-dlr"]},
     "fast": {"linf": ["pgd", "apgd-ce"], "l2": ["pgd", "apgd-ce"], "l1": ["pgd", "apgd-ce"]},
+    # Tabular threats with domain constraints: constrained PGD, APGD through the repair, and a black-box
+    # constrained genetic search (MOEVA-style).
+    "tabular": {"linf": ["cpgd", "apgd-ce", "csearch"]},
 }
 
 
@@ -36,6 +39,9 @@ def resolve_suite(suite: Union[str, Sequence[str]], threat: ThreatModel) -> list
     """Names of the attacks a suite runs under ``threat``; unknown names or norms raise ``ValueError``."""
     if isinstance(suite, str):
         if suite in SUITES:
+            if threat.norm.value not in SUITES[suite]:
+                raise ValueError(f"suite {suite!r} has no attacks for the {threat.norm.value} norm "
+                                 f"(it covers {', '.join(SUITES[suite])})")
             return list(SUITES[suite][threat.norm.value])
         names = [s.strip() for s in suite.split(",") if s.strip()]
     else:

@@ -21,7 +21,7 @@ from .threat import ThreatModel
 Progress = Optional[Callable[[str], None]]
 
 
-def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[str, Sequence[str]] = "standard",
+def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[str, Sequence[str], None] = None,
             n: Optional[int] = 1000, eps_grid: Optional[Sequence[float]] = None, curve_suite: str = "fast",
             calibration: bool = True, shift: bool = True, interpret: bool = True, masking: bool = True,
             masking_n: int = 300, attack_kwargs: Optional[dict[str, dict[str, Any]]] = None, seed: int = 0,
@@ -29,7 +29,8 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
     """Measure ``model`` under ``threat`` on ``data`` (``(x, y)`` or a Dataset).
 
     Arguments:
-        suite: the worst-case suite (see :func:`armor.evaluate`); it runs with ``individual=True`` so that each
+        suite: the worst-case suite (see :func:`armor.evaluate`; default "standard", or "tabular" for a
+            threat with domain constraints); it runs with ``individual=True`` so that each
             attack's own accuracy is known (the report's train-A/test-B matrix and the masking checks use it).
         n: test points for the worst case, calibration, shift and alignment. eps_grid: budgets for the curve
             (default: 0 to twice eps). curve_suite: attacks per curve point.
@@ -45,6 +46,8 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
     t0 = time.perf_counter()
     grid = metrics.check_eps_grid(eps_grid) if eps_grid is not None else None
 
+    if suite is None:  # constrained (tabular) threats get the constrained suite
+        suite = "tabular" if threat.constraints is not None else "standard"
     say("worst-case evaluation")
     result = evaluate(model, (x, y), threat, suite=suite, batch_size=batch_size, seed=seed, individual=True,
                       attack_kwargs=attack_kwargs, keep_adv=True, state_path=state_path)
@@ -52,6 +55,9 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
     entry["eval_seconds"] = {"worst_case": result.seconds}
     artifacts: dict[str, Any] = {}
     images = x.dim() == 4
+    if threat.constraints is not None and hasattr(threat.constraints, "satisfied"):
+        ok = threat.constraints.satisfied(result.x_adv, x) & threat.contains(result.x_adv, x)
+        entry["constraint_satisfaction"] = float(ok.float().mean())
 
     def timed(key: str, fn: Callable[[], Any]) -> Any:
         say(key)
@@ -70,7 +76,7 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
     if shift and images:
         entry["shift"] = timed("shift", lambda: metrics.shift_accuracy(
             model, x, y, generator=torch.Generator().manual_seed(seed)))
-    if interpret:
+    if interpret and images:
         art = timed("interpretability", lambda: metrics.interpretability_artifacts(
             model, x, y, threat, x_adv=result.x_adv, seed=seed, batch_size=batch_size))
         entry["interpretability"] = {"alignment": art["alignment"], "cosine_alignment": art["cosine_alignment"]}
@@ -136,12 +142,7 @@ def measure_run(run_dir: Any, *, norm: Optional[str] = None, eps: Optional[float
     if not name:
         raise ValueError(f"{run_dir} does not record its dataset: pass --dataset")
     test = load_dataset(name, "test", data_dir=data_dir or (recorded.get("data_dir") if isinstance(recorded, dict) else None))
-    base = meta.get("threat_model") or {}
-    if norm is None and eps is None and not base:
-        raise ValueError(f"{run_dir} was trained without a threat model: pass --norm and --eps")
-    threat = ThreatModel.from_dict({"norm": norm or base.get("norm", "linf"),
-                                    "eps": eps if eps is not None else base.get("eps"),
-                                    "bounds": base.get("bounds", [0.0, 1.0])})
+    threat = threat_for_run(meta, norm, eps)
     entry, art = measure(model, test, threat, n=n, progress=progress, **kwargs)
     entry.update(name=run_dir.name, recipe=(meta.get("recipe") or {}).get("name"),
                  recipe_params=(meta.get("recipe") or {}).get("params"), dataset=name,
@@ -149,3 +150,22 @@ def measure_run(run_dir: Any, *, norm: Optional[str] = None, eps: Optional[float
                  passes={"forward": (meta.get("metrics") or {}).get("forward"),
                          "backward": (meta.get("metrics") or {}).get("backward")})
     return entry, art
+
+
+def threat_for_run(meta: dict[str, Any], norm: Optional[str] = None, eps: Optional[float] = None) -> ThreatModel:
+    """The run's training threat model (constraints included), optionally with another norm or eps.
+
+    For a per-feature (tabular) budget, ``eps`` rescales the budgets so that the largest is ``eps``.
+    """
+    base = meta.get("threat_model") or {}
+    if not base:
+        if norm is None or eps is None:
+            raise ValueError("the run was trained without a threat model: pass --norm and --eps")
+        return ThreatModel(norm, eps)
+    threat = ThreatModel.from_dict({"norm": base.get("norm", "linf"), "eps": base.get("eps", 0.0),
+                                    "bounds": base.get("bounds", [0.0, 1.0]), "constraints": base.get("constraints")})
+    if norm is not None and norm != threat.norm.value:
+        if threat.constraints is not None:
+            raise ValueError("a tabular (constrained) threat is linf with per-feature budgets: --norm cannot change it")
+        threat = ThreatModel(norm, threat.eps_scalar, threat.bounds)
+    return threat if eps is None else threat.with_eps(eps)

@@ -12,7 +12,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol, Union
+from typing import Any, Optional, Protocol, Union
 
 import torch
 
@@ -208,6 +208,8 @@ class ThreatModel:
         size = step_size if not torch.is_tensor(step_size) or step_size.dim() == 0 else _per_sample(step_size, x_adv)
         if self.norm is Norm.LINF:
             if torch.is_tensor(self.eps):
+                if self.eps_scalar == 0:  # nothing may move (and eps / eps_scalar would be 0 / 0)
+                    return x_adv
                 # Per-feature budgets: scale each coordinate's step by its share of the budget.
                 return x_adv + size * grad.sign() * (self._eps(x_adv) / self.eps_scalar)
             return x_adv + size * grad.sign()
@@ -271,7 +273,21 @@ class ThreatModel:
         check_inputs(x, y, num_classes, self)
 
     def with_eps(self, eps: float) -> "ThreatModel":
+        """The same threat at radius ``eps``; per-feature budgets are scaled so that their maximum is ``eps``."""
+        if torch.is_tensor(self.eps):
+            scaled = self.eps * (eps / self.eps_scalar) if self.eps_scalar > 0 else torch.full_like(self.eps, eps)
+            return ThreatModel(self.norm, scaled, self.bounds, self.constraints)
         return ThreatModel(self.norm, eps, self.bounds, self.constraints)
+
+    @classmethod
+    def from_schema(cls, path: Any, eps: Optional[float] = None, **kwargs: Any) -> "ThreatModel":
+        """A linf threat in raw feature units whose constraints come from a tabular schema (TOML).
+
+        See :func:`armor.tabular.threat_from_schema`; eps is in standard deviations of each feature.
+        """
+        from .tabular import threat_from_schema  # imported on use: armor.tabular builds on this module
+
+        return threat_from_schema(path, eps, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         def enc(v: Any) -> Any:
@@ -287,7 +303,12 @@ class ThreatModel:
         def dec(v: Any) -> Any:
             return torch.tensor(v, dtype=torch.float32) if isinstance(v, list) else v
 
-        return cls(d["norm"], dec(d["eps"]), tuple(dec(b) for b in d.get("bounds", (0.0, 1.0))))
+        constraints = d.get("constraints")
+        if constraints is not None:
+            from .tabular import constraints_from_dict
+
+            constraints = constraints_from_dict(constraints)
+        return cls(d["norm"], dec(d["eps"]), tuple(dec(b) for b in d.get("bounds", (0.0, 1.0))), constraints)
 
     def __repr__(self) -> str:
         eps = f"{self.eps:g}" if not torch.is_tensor(self.eps) else f"tensor(max={self.eps_scalar:g})"

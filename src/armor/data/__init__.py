@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .base import Dataset, batches, stratified_split
-from .files import load_breast_cancer, load_csv, load_npz
+from .files import load_csv, load_npz
 from .vision import load_cifar10, load_digits, load_fashion_mnist, load_mnist, read_idx
 
 DATASETS: dict[str, tuple[Callable[..., Dataset], str]] = {
@@ -22,7 +22,6 @@ DATASETS: dict[str, tuple[Callable[..., Dataset], str]] = {
     "fashion-mnist": (load_fashion_mnist, "Fashion-MNIST IDX files, 1×28×28, 10 classes (apt: dataset-fashion-mnist)"),
     "mnist": (load_mnist, "MNIST IDX files from --data-dir, 1×28×28, 10 classes"),
     "cifar10": (load_cifar10, "CIFAR-10 python batches from --data-dir, 3×32×32, 10 classes"),
-    "breast-cancer": (load_breast_cancer, "sklearn breast cancer, 30 min-max scaled features, 2 classes"),
     "npz": (load_npz, "your arrays: --data-dir FILE.npz with x in [0, 1] and integer y"),
     "csv": (load_csv, "your table: --data-dir FILE.csv, features in [0, 1], label column last (or label=)"),
 }

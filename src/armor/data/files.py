@@ -1,4 +1,4 @@
-"""User data from files (.npz arrays, .csv tables) and the built-in tabular dataset breast-cancer."""
+"""User data from files (.npz arrays, .csv tables)."""
 
 from __future__ import annotations
 
@@ -125,18 +125,3 @@ def load_csv(split: str, data_dir=None, label: str | int = -1, num_classes: int 
     _check_range(x, str(path), [header[i] for i in feats])
     return Dataset(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y), _num_classes(y, num_classes, str(path)),
                    "csv", [header[i] for i in feats])
-
-
-def load_breast_cancer(split: str, data_dir=None) -> Dataset:
-    """sklearn's Wisconsin breast cancer, N×30, min-max scaled to [0, 1].
-
-    PROVISIONAL: the bounds come from the full dataset (train and test), which leaks the test range into the
-    scaling. Harmless for robustness comparisons, but tabular scaling will move to train-split bounds."""
-    from sklearn.datasets import load_breast_cancer as sk_bc
-
-    d = sk_bc()
-    lo, hi = d.data.min(0), d.data.max(0)
-    idx = stratified_split(d.target, split)
-    x = (d.data[idx] - lo) / np.where(hi > lo, hi - lo, 1.0)
-    return Dataset(torch.from_numpy(np.clip(x, 0, 1).astype(np.float32)), torch.from_numpy(d.target[idx].astype(np.int64)),
-                   2, "breast-cancer", [str(n) for n in d.feature_names])

@@ -223,17 +223,28 @@ def train(config: Union[TrainConfig, dict[str, Any]], *, resume: bool = False):
     if isinstance(config, dict):
         config = TrainConfig(**config_from_mapping(config))
     recipe_params = config.recipe_params()
-    ds = load_dataset(config.dataset, "train", data_dir=config.data_dir, seed=config.seed)
+    from ..tabular import TABULAR_DATASETS, load_tabular
+
+    # Tabular data come in raw units with a schema: the threat carries its constraints and per-feature eps
+    # (config.eps in standard deviations), and the model standardises with the schema's statistics.
+    tab = load_tabular(config.dataset, config.data_dir) if config.dataset in TABULAR_DATASETS else None
+    ds = tab.train if tab is not None else load_dataset(config.dataset, "train", data_dir=config.data_dir,
+                                                        seed=config.seed)
     if config.n_train is not None:
         if config.n_train < 1:
             raise ValueError(f"n_train must be >= 1, got {config.n_train}")
         # A seeded random subset: the first n could follow the file's class order.
         g = torch.Generator().manual_seed(config.seed)
         ds = ds.subset(torch.randperm(len(ds), generator=g)[:config.n_train].sort().values)
-    threat = ThreatModel(config.norm, config.eps)
+    if tab is not None and config.norm != "linf":
+        raise ValueError(f"tabular datasets use per-feature linf budgets; got --norm {config.norm}")
+    threat = tab.threat(config.eps) if tab is not None else ThreatModel(config.norm, config.eps)
     name = config.model or default_model_for(config.dataset)
     extra: dict[str, Any] = {}
-    if config.normalize:
+    if tab is not None:
+        spec = tab.model_spec()
+        extra["mean"], extra["std"] = spec["mean"], spec["std"]
+    elif config.normalize:
         extra["mean"], extra["std"] = normalization_stats(ds.x)
     torch.manual_seed(config.seed)  # the weight initialisation
     model = build_model(model_spec(name, ds, **extra))
