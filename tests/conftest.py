@@ -60,3 +60,27 @@ def model(digits_model):
 def accuracy(model, x, y):
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()
+
+
+@pytest.fixture(scope="session")
+def digits_pgd_model(digits):
+    """Madry-style adversarial training, kept minimal: every batch replaced by its PGD examples (~2 s)."""
+    from armor import ThreatModel
+    from armor.attacks import pgd
+
+    xtr, ytr, _, _ = digits
+    torch.manual_seed(0)
+    model = DigitsNet()
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    threat = ThreatModel("linf", 0.1)
+    for _ in range(10):
+        perm = torch.randperm(xtr.shape[0], generator=g)
+        for i in range(0, xtr.shape[0], 64):
+            b = perm[i:i + 64]
+            xa = pgd(model, xtr[b], ytr[b], threat, steps=7, generator=g)
+            model.train()
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xa), ytr[b]).backward()
+            opt.step()
+    return model.eval()

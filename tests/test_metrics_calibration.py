@@ -16,15 +16,6 @@ from armor.metrics import (CalibrationMeter, brier_score, calibration_metrics, c
 from conftest import accuracy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and 2 shared cores oversubscribed by 2 threads each crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _random_logits(n=600, k=7, seed=0, scale=3.0):
     g = torch.Generator().manual_seed(seed)
     # Mixed temperatures spread the confidences over every bin.

@@ -11,15 +11,6 @@ from armor.metrics import check_eps_grid, default_eps_grid, robustness_curve
 from conftest import accuracy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and 2 shared cores oversubscribed by 2 threads each crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 FAST_KW = {"apgd-ce": {"steps": 10}}
 
 

@@ -11,45 +11,15 @@ import armor
 from armor.attacks import pgd
 from armor.metrics import (adversarial_gallery, alignment_scores, gradient_alignment, interpretability_artifacts,
                            saliency)
-from conftest import DigitsNet
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and 2 shared cores oversubscribed by 2 threads each crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def pgd_train(x, y, eps=0.1, epochs=10, steps=7, seed=0):
-    """Madry-style adversarial training, kept minimal: every batch replaced by its PGD examples."""
-    torch.manual_seed(seed)
-    model = DigitsNet()
-    g = _gen(seed)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    threat = armor.ThreatModel("linf", eps)
-    for _ in range(epochs):
-        perm = torch.randperm(x.shape[0], generator=g)
-        for i in range(0, x.shape[0], 64):
-            b = perm[i:i + 64]
-            xa = pgd(model, x[b], y[b], threat, steps=steps, generator=g)
-            model.train()
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xa), y[b]).backward()
-            opt.step()
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def robust_model(digits):
-    xtr, ytr, _, _ = digits
-    return pgd_train(xtr, ytr)
+def robust_model(digits_pgd_model):
+    return digits_pgd_model
 
 
 def _linear(seed=0, k=10, d=64):

@@ -1,7 +1,6 @@
 """Corruptions, shift accuracy and the "different equipment" split. Runtime ~4 s on 2 busy cores."""
 
 import json
-import math
 
 import pytest
 import torch
@@ -10,15 +9,6 @@ import torch.nn.functional as F
 from armor.metrics import (CORRUPTIONS, DEVICE_RANGES, DeviceProfile, apply_device, corrupt, device_profiles,
                            device_views, equipment_shift, shift_accuracy)
 from conftest import DigitsNet, _train, accuracy
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and 2 shared cores oversubscribed by 2 threads each crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "elastic_transform", "rotation", "translation"}

@@ -13,14 +13,14 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .attacks import ATTACKS, get_attack
 from .attacks._core import attack_mode
-from .threat import Norm, ThreatModel, check_inputs, warn_if_probabilities
+from .threat import ThreatModel, check_inputs, warn_if_probabilities
 from .utils import atomic_write_bytes
 
 SUITES: dict[str, dict[str, list[str]]] = {
