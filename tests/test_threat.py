@@ -1,6 +1,5 @@
 """Projections and step rules: property tests against the definitions."""
 
-import math
 
 import pytest
 import torch

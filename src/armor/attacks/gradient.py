@@ -6,7 +6,6 @@ All are pure functions ``attack(model, x, y, threat, *, ..., generator=None) -> 
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch

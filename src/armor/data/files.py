@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Dataset, stratified_split
+from .base import Dataset
 
 
 def _resolve(kind: str, split: str, data_dir) -> Path:
