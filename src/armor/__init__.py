@@ -10,12 +10,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import attacks
+from . import attacks, training
 from .evaluate import EvalResult, evaluate
 from .threat import Norm, ThreatModel
+from .training import Trainer, load, load_metadata
 
 from . import tabular  # noqa: E402  registers the constrained attacks, tabular datasets and cpgd-at
 
 tabular.register()
 
-__all__ = ["EvalResult", "Norm", "ThreatModel", "attacks", "evaluate", "__version__"]
+__all__ = ["EvalResult", "Norm", "ThreatModel", "Trainer", "attacks", "evaluate", "load", "load_metadata",
+           "tabular", "training", "__version__"]
