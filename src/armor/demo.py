@@ -167,8 +167,9 @@ def _trained_with(entry: dict[str, Any]) -> str:
     if recipe == "standard":
         return "no attack"
     if recipe == "fast-at":
-        return f"FGSM, random start ({norm})"
+        return f"FGSM-RS {norm}"
     if recipe == "pgd-at":
         ratio = params.get("adv_ratio")
-        return f"PGD-{params.get('steps', 10)} ({norm})" + (f", {ratio:.0%} adversarial" if ratio is not None else "")
+        mix = f", {ratio:.0%} adv" if ratio is not None else ""
+        return f"PGD-{params.get('steps', 10)} {norm}{mix}"
     return recipe or "?"
