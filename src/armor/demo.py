@@ -43,7 +43,8 @@ PRESETS = {
                          n_train=None, n_test=540, equipment_epochs=10, square_queries=1000,
                          curve_points=5, threads=1),
     "fashion-mnist": DemoPreset("fashion-mnist", "small-cnn", eps=0.1, l2_eps=1.0, epochs=8, batch_size=128,
-                                lr=0.05, n_train=20000, n_test=1000, equipment_epochs=4),
+                                lr=0.05, n_train=20000, n_test=1000, equipment_epochs=4, square_queries=1000,
+                                curve_points=5),
 }
 
 RECIPES = (("standard", "standard", {}), ("pgd-at", "pgd-at", {"adv_ratio": 0.5}), ("fast-at", "fast-at", {}))
