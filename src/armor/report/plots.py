@@ -73,7 +73,8 @@ def curves(models: dict[str, dict[str, Any]]) -> Optional[str]:
         if isinstance(train_eps, (int, float)) and i == 0:
             ax.axvline(train_eps, color="#9ca3af", ls="--", lw=1)
             ax.text(train_eps, 1.02, " evaluated eps", color="#6b7280", fontsize=7)
-    ax.set_xlabel("eps (input units)")
+    per_feature = any(isinstance((m.get("threat_model") or {}).get("eps"), list) for m in models.values())
+    ax.set_xlabel("largest per-feature eps (raw feature units)" if per_feature else "eps (input units)")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(0, 1.08)
     ax.legend(frameon=False, fontsize=8)
