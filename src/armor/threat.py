@@ -197,6 +197,27 @@ class ThreatModel:
             x_new = self.constraints.repair(x_new, x)
         return x_new
 
+    def linf_box(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For linf without constraints: per-coordinate ``(lo, hi)`` with ``project(x_adv, x)`` equal to
+        ``x_adv.clamp(lo, hi)`` (up to the last ulp at the edge), else ``None``.
+
+        Attacks compute the box once per call and then project each iterate with one clamp, instead of the
+        maximum / minimum / bounds / ulp-check passes of :meth:`project`. Exact in the tensor's dtype: ``lo`` and
+        ``hi`` are nudged so that ``|hi - x| <= eps`` and ``|x - lo| <= eps`` hold after rounding, and since
+        rounding is monotonic every point of the box satisfies it too.
+        """
+        if self.norm is not Norm.LINF or self.constraints is not None:
+            return None
+        eps = torch.as_tensor(self._eps(x), dtype=x.dtype, device=x.device)
+        lo, hi = x - eps, x + eps
+        for _ in range(3):
+            lo_over, hi_over = (x - lo) > eps, (hi - x) > eps
+            if not (lo_over.any() or hi_over.any()):
+                break
+            lo = torch.where(lo_over, torch.nextafter(lo, x), lo)
+            hi = torch.where(hi_over, torch.nextafter(hi, x), hi)
+        return self.clamp_bounds(lo), self.clamp_bounds(hi)
+
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float | torch.Tensor,
              l1_sparsity: float = 0.05) -> torch.Tensor:
         """One steepest-ascent step of length ``step_size`` (in this norm) along ``grad``; not projected.

@@ -16,6 +16,15 @@ from ._core import (LossFn, attack_mode, check_logits, default_generator, get_lo
                     prepare)
 
 
+def _projector(threat: ThreatModel, x: torch.Tensor):
+    """``proj(x_adv, idx)``: project rows ``idx`` of an attack's batch ``x``; one clamp per call for linf."""
+    box = threat.linf_box(x)
+    if box is None:
+        return lambda x_adv, idx=None: threat.project(x_adv, x if idx is None else x[idx])
+    lo, hi = box
+    return lambda x_adv, idx=None: torch.clamp(x_adv, lo, hi) if idx is None else torch.clamp(x_adv, lo[idx], hi[idx])
+
+
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, loss: str = "ce",
          step_size: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Fast Gradient (Sign) Method (Goodfellow et al. 2015): one steepest-ascent step of size eps.
@@ -64,17 +73,19 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     best_x = x.clone()
     best_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
     best_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
+    proj = _projector(threat, x)
     with attack_mode(model):
         g = default_generator(generator, x.device)
         for _ in range(restarts):
             todo = ~best_fooled if early_stop else torch.ones(n, dtype=torch.bool, device=x.device)
             idx = todo.nonzero().squeeze(1)
+            full = idx.numel() == n  # every row: update the bookkeeping with torch.where, no gathers
             x_adv = threat.random_init(x[idx], g) if random_start else x[idx].clone()
             for t in range(steps + 1):
                 if idx.numel() == 0:
                     break
-                xi, yi = x[idx], y[idx]
-                ti = None if target is None else target[idx]
+                yi = y if full else y[idx]
+                ti = None if target is None else (target if full else target[idx])
                 if t < steps:
                     l, logits, grad = loss_and_grad(model, x_adv, yi, loss_fn, ti)
                 else:
@@ -84,17 +95,23 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                 if t == 0:
                     check_logits(logits, yi)
                 fooled = is_fooled(logits, yi, ti)
-                better = (fooled & ~best_fooled[idx]) | ((fooled == best_fooled[idx]) & (l > best_loss[idx]))
-                upd = idx[better]
-                best_x[upd] = x_adv[better]
-                best_loss[upd] = l[better]
-                best_fooled[upd] = fooled[better]
+                if full:
+                    better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (l > best_loss))
+                    best_x = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x_adv, best_x)
+                    best_loss = torch.where(better, l, best_loss)
+                    best_fooled = best_fooled | fooled
+                else:
+                    better = (fooled & ~best_fooled[idx]) | ((fooled == best_fooled[idx]) & (l > best_loss[idx]))
+                    upd = idx[better]
+                    best_x[upd] = x_adv[better]
+                    best_loss[upd] = l[better]
+                    best_fooled[upd] = fooled[better]
                 if t == steps:
                     break
-                x_adv = threat.project(threat.step(x_adv, grad, alpha, l1_sparsity), xi)
+                x_adv = proj(threat.step(x_adv, grad, alpha, l1_sparsity), None if full else idx)
                 if early_stop and fooled.any():
                     keep = ~fooled
-                    idx, x_adv = idx[keep], x_adv[keep]
+                    idx, x_adv, full = idx[keep], x_adv[keep], False
     return best_x.detach()
 
 
@@ -113,6 +130,7 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
     period_min, period_decr = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
     eta = torch.full((n,), 2.0 * threat.eps_scalar, dtype=dt, device=dev)
 
+    proj = _projector(threat, x)
     x_adv = threat.random_init(x, generator)
     loss, logits, grad = loss_and_grad(model, x_adv, y, loss_fn, target)
     check_logits(logits, y)
@@ -130,10 +148,10 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
-        xa, xi, gi = x_adv[idx], x[idx], grad[idx]
+        xa, gi = x_adv[idx], grad[idx]
         momentum = 0.75 if i > 0 else 1.0
-        z = threat.project(threat.step(xa, gi, eta[idx], l1_sparsity), xi)
-        x_new = threat.project(xa + momentum * (z - xa) + (1 - momentum) * (xa - x_old[idx]), xi)
+        z = proj(threat.step(xa, gi, eta[idx], l1_sparsity), idx)
+        x_new = proj(xa + momentum * (z - xa) + (1 - momentum) * (xa - x_old[idx]), idx)
         x_old[idx] = xa
         x_adv[idx] = x_new
         ti = None if target is None else target[idx]

@@ -81,6 +81,10 @@ def _square_linf(model, x, y, threat, n_queries, p_init, g):
     xi = _as_image(x)
     n, c, h, w = xi.shape
     eps = threat.eps_scalar
+    box = threat.linf_box(x)  # project each candidate with one clamp when there are no constraints
+    lo, hi = (None, None) if box is None else (_as_image(box[0]), _as_image(box[1]))
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
     # Init: vertical stripes of +-eps (one sign per column and channel).
     signs = torch.randint(0, 2, (n, c, 1, w), generator=g, device=x.device).to(x.dtype) * 2 - 1
     x_best = threat.project((xi + eps * signs).reshape_as(x), x)
@@ -98,13 +102,16 @@ def _square_linf(model, x, y, threat, n_queries, p_init, g):
         delta = cur - base
         top = torch.randint(0, h - sh + 1, (m,), generator=g, device=x.device)
         left = torch.randint(0, w - sw + 1, (m,), generator=g, device=x.device)
-        rows = top[:, None] + torch.arange(sh, device=x.device)[None]
-        cols = left[:, None] + torch.arange(sw, device=x.device)[None]
-        win = torch.zeros(m, 1, h, w, dtype=torch.bool, device=x.device)
-        win[torch.arange(m, device=x.device)[:, None, None], 0, rows[:, :, None], cols[:, None, :]] = True
+        # The window as an outer product of a row band and a column band (no scatter).
+        rows = (ar_h[None] >= top[:, None]) & (ar_h[None] < top[:, None] + sh)
+        cols = (ar_w[None] >= left[:, None]) & (ar_w[None] < left[:, None] + sw)
+        win = rows[:, None, :, None] & cols[:, None, None, :]
         new_sign = (torch.randint(0, 2, (m, c, 1, 1), generator=g, device=x.device).to(x.dtype) * 2 - 1) * eps
-        delta = torch.where(win, new_sign.expand(m, c, h, w), delta)
-        cand = threat.project((base + delta).reshape(m, *x.shape[1:]), x[todo])
+        delta = torch.where(win, new_sign, delta)
+        if lo is None:
+            cand = threat.project((base + delta).reshape(m, *x.shape[1:]), x[todo])
+        else:
+            cand = torch.clamp(base + delta, lo[todo], hi[todo]).reshape(m, *x.shape[1:])
         new_margin = -margin_loss(model(cand), y[todo])
         better = new_margin < margin[todo]
         x_best[todo[better]] = cand[better]
