@@ -13,15 +13,6 @@ SHAPES = [[1, 8, 8], [1, 28, 28], [3, 32, 32]]
 SMALL = {"preact-resnet18": {"width": 8}}  # the paper's width 64 is slow on CPU; the structure is the same
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # these models and batches are too small to split across threads: on a busy 2-core machine the thread
-    # hand-offs made the digits training test 50× slower (0.6 s -> 30 s)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _spec(name, shape, **kw):
     return {"name": name, "input_shape": shape, "num_classes": 7, **SMALL.get(name, {}), **kw}

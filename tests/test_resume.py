@@ -27,13 +27,6 @@ THREAT = ThreatModel("linf", 0.1)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "armor.training.cli", *args]

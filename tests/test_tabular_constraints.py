@@ -19,14 +19,6 @@ from armor.tabular import (Schema, TabularConstraints, constrained_pgd, constrai
 from armor.tabular.constraints import project_halfspace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tabular tensors are tiny: with two threads on a busy 2-core machine, thread hand-offs dominate.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def random_problem(seed: int, n: int = 6):
     """A random consistent schema, feasible data for it, and an untrained MLP that standardises."""

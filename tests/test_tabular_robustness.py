@@ -30,10 +30,7 @@ def one_thread_and_clean_registries():
     import armor.data
     import armor.training.recipes
     saved = [(r, dict(r)) for r in (armor.attacks.ATTACKS, armor.data.DATASETS, armor.training.recipes.RECIPES)]
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(n)
     for registry, copy in saved:
         registry.clear()
         registry.update(copy)
