@@ -96,22 +96,13 @@ def _load_run(run_dir: Path):
 
 
 def _run_data(meta: dict, dataset: Optional[str], split: str, data_dir: Optional[Path], n: Optional[int]):
-    from .data import load_dataset
+    from .measure import dataset_for_run
 
-    recorded = meta.get("dataset")
-    if isinstance(recorded, dict):
-        name, ddir = dataset or recorded.get("name"), data_dir or recorded.get("data_dir")
-    else:
-        name, ddir = dataset or recorded, data_dir
-    if not name:
-        fail("the run does not record its dataset: pass --dataset")
     try:
-        ds = load_dataset(name, split, data_dir=ddir)
+        ds = dataset_for_run(meta, split, dataset, str(data_dir) if data_dir else None)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    if n is not None:
-        ds = ds.subset(n)
-    return ds
+    return ds if n is None else ds.subset(n)
 
 
 def _threat(meta: dict, norm: Optional[NormOpt], eps: Optional[float]):

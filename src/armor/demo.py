@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .evaluate import evaluate
-from .measure import add_cost, measure, save_artifacts
+from .measure import add_cost, measure, run_info, save_artifacts
 from .results import stamp
 from .threat import ThreatModel
 from .utils import atomic_write_json
@@ -84,9 +84,7 @@ def run_demo(dataset: str = "digits", out: Path | str = "runs/demo", *, seed: in
         entry, art = measure(model, test, threat, suite="standard", n=None, seed=seed,
                              eps_grid=default_eps_grid(p.eps, p.curve_points),
                              attack_kwargs={"square": {"n_queries": p.square_queries}})
-        entry.update(name=name, recipe=recipe, recipe_params=meta["recipe"]["params"], dataset=p.dataset,
-                     train_seconds=meta["train_seconds"], run_dir=str(out / name),
-                     passes={"forward": meta["metrics"]["forward"], "backward": meta["metrics"]["backward"]})
+        entry.update(run_info(out / name, meta))
         models[name], artifacts[name] = entry, art
 
     # Attack B at test time that no model trained against: L2.

@@ -8,6 +8,7 @@ saved next to results.json as ``artifacts.npz``.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from . import metrics
-from .evaluate import evaluate
+from .evaluate import _as_xy, evaluate
 from .threat import ThreatModel
 
 Progress = Optional[Callable[[str], None]]
@@ -39,7 +40,7 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
     Returns:
         ``(entry, artifacts)``.
     """
-    x, y = (data.x, data.y) if hasattr(data, "x") else data
+    x, y = _as_xy(data)
     if n is not None:
         x, y = x[:n], y[:n]
     say = progress or (lambda msg: None)
@@ -129,26 +130,15 @@ def measure_run(run_dir: Any, *, norm: Optional[str] = None, eps: Optional[float
                 dataset: Optional[str] = None, data_dir: Optional[str] = None, n: Optional[int] = 1000,
                 progress: Progress = None, **kwargs: Any) -> tuple[dict, dict]:
     """:func:`measure` for a run directory: its model, its dataset's test split, its threat model by default."""
-    from pathlib import Path
-
-    from .data import load_dataset
     from .training import load, load_metadata
 
     run_dir = Path(run_dir)
     meta = load_metadata(run_dir)
     model = load(run_dir)
-    recorded = meta.get("dataset") or {}
-    name = dataset or (recorded.get("name") if isinstance(recorded, dict) else recorded)
-    if not name:
-        raise ValueError(f"{run_dir} does not record its dataset: pass --dataset")
-    test = load_dataset(name, "test", data_dir=data_dir or (recorded.get("data_dir") if isinstance(recorded, dict) else None))
+    test = dataset_for_run(meta, "test", dataset, data_dir)
     threat = threat_for_run(meta, norm, eps)
     entry, art = measure(model, test, threat, n=n, progress=progress, **kwargs)
-    entry.update(name=run_dir.name, recipe=(meta.get("recipe") or {}).get("name"),
-                 recipe_params=(meta.get("recipe") or {}).get("params"), dataset=name,
-                 train_seconds=meta.get("train_seconds"), run_dir=str(run_dir),
-                 passes={"forward": (meta.get("metrics") or {}).get("forward"),
-                         "backward": (meta.get("metrics") or {}).get("backward")})
+    entry.update(run_info(run_dir, meta))
     return entry, art
 
 
@@ -169,3 +159,28 @@ def threat_for_run(meta: dict[str, Any], norm: Optional[str] = None, eps: Option
             raise ValueError("a tabular (constrained) threat is linf with per-feature budgets: --norm cannot change it")
         threat = ThreatModel(norm, threat.eps_scalar, threat.bounds)
     return threat if eps is None else threat.with_eps(eps)
+
+
+def dataset_for_run(meta: dict[str, Any], split: str, dataset: Optional[str] = None,
+                    data_dir: Optional[str] = None) -> Any:
+    """A split of the dataset a run was trained on (or of ``dataset``), from the recorded or given data_dir."""
+    from .data import load_dataset
+
+    recorded = meta.get("dataset")
+    if isinstance(recorded, dict):
+        name, ddir = dataset or recorded.get("name"), data_dir or recorded.get("data_dir")
+    else:
+        name, ddir = dataset or recorded, data_dir
+    if not name:
+        raise ValueError("the run does not record its dataset: pass --dataset")
+    return load_dataset(name, split, data_dir=ddir)
+
+
+def run_info(run_dir: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """The results.json fields that describe how a run was trained (from its metadata.json)."""
+    recipe, metrics = meta.get("recipe") or {}, meta.get("metrics") or {}
+    recorded = meta.get("dataset")
+    return {"name": Path(run_dir).name, "recipe": recipe.get("name"), "recipe_params": recipe.get("params"),
+            "dataset": recorded.get("name") if isinstance(recorded, dict) else recorded,
+            "train_seconds": meta.get("train_seconds"), "run_dir": str(run_dir),
+            "passes": {"forward": metrics.get("forward"), "backward": metrics.get("backward")}}

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..measure import add_cost, measure
+from ..measure import add_cost, measure, run_info
 from ..results import stamp
 from ..utils import atomic_write_json
 from .datasets import load_tabular
@@ -59,9 +59,7 @@ def run_tabular_demo(dataset: str = "breast-cancer", out: Path | str = "runs/dem
         summary = tabular_summary(model, test.x, test.y, threat, positive=positive, seed=seed,
                                   attack_kwargs=DEMO_ATTACKS)
         recall = summary.get("recall") or {}
-        entry.update(name=name, recipe=recipe, recipe_params=meta["recipe"]["params"], dataset=dataset,
-                     train_seconds=meta["train_seconds"], run_dir=str(out / name),
-                     passes={"forward": meta["metrics"]["forward"], "backward": meta["metrics"]["backward"]})
+        entry.update(run_info(out / name, meta))
         entry["tabular"] = {
             "constraint_satisfaction": entry.get("constraint_satisfaction"),
             "recall_clean": recall.get("clean_recall"),
