@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH, machine_info, replace_section  # noqa: E402
 
 from armor.models import build_model  # noqa: E402
-from armor.tabular import (constrained_robust_accuracy, load_tabular, recall_under_attack, register,  # noqa: E402
+from armor.domains.tabular import (constrained_robust_accuracy, load_tabular, recall_under_attack,  # noqa: E402
                            unconstrained_robust_accuracy)
 from armor.training import Trainer  # noqa: E402
 from armor.utils import atomic_write_json  # noqa: E402
@@ -92,7 +92,6 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (tiny tables: 1 is fastest)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    register()
     seeds = [0] if args.quick else [0, 1, 2]
     search = {"population": 16, "generations": 20} if args.quick else {"population": 32, "generations": 50}
     rows = []

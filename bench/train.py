@@ -47,7 +47,7 @@ import armor  # noqa: E402
 from armor.data import load_dataset  # noqa: E402
 from armor.models import build_model, model_spec  # noqa: E402
 from armor.training import Trainer  # noqa: E402
-from armor.training.config import normalization_stats  # noqa: E402
+from armor.app.config import normalization_stats  # noqa: E402
 
 EPS = 0.1
 

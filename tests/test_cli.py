@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from armor.cli import app
-from armor.results import SCHEMA
+from armor.app.cli import app
+from armor.app.results import SCHEMA
 
 runner = CliRunner()
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from armor.data import DATASETS, Dataset, batches, list_datasets, load_dataset, read_idx
-from armor.data.vision import FASHION_MNIST_DIR
+from armor.data import DATASETS, Dataset, all_datasets, batches, list_datasets, load_dataset
+from armor.domains.vision import read_idx
+from armor.domains.vision.datasets import FASHION_MNIST_DIR
 
 
 def test_digits_split_is_fixed_disjoint_stratified_and_in_range():
@@ -31,8 +32,9 @@ def test_digits_split_is_fixed_disjoint_stratified_and_in_range():
 
 
 def test_registry_and_unknown_names():
-    assert [n for n, _ in list_datasets()] == list(DATASETS)
-    assert {"digits", "fashion-mnist", "mnist", "cifar10", "npz", "csv"} <= set(DATASETS)
+    assert [n for n, _ in list_datasets()] == list(all_datasets())
+    assert set(DATASETS) == {"npz", "csv"}  # the library's own loaders; every named dataset comes from a domain
+    assert {"digits", "fashion-mnist", "mnist", "cifar10", "npz", "csv", "breast-cancer"} <= set(all_datasets())
     with pytest.raises(ValueError, match="digits"):
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="split"):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from armor.training import load_metadata, load_weights
-from armor.training.cli import train_command
+from armor.app.train_cli import train_command
 
 ARGS = {"dataset": "digits", "recipe": "awp", "steps": 3, "adv_ratio": 0.5, "random_start": False, "epochs": 2,
         "batch_size": 64}
@@ -36,7 +36,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "armor.training.cli",
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "armor.app.train_cli",
             "--dataset", "digits", "--recipe", "awp", "--steps", "3", "--adv-ratio", "0.5", "--no-random-start",
             "--epochs", "2", "--batch-size", "64", "--quiet", "--out", str(root / "ddp")]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)

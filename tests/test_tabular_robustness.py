@@ -15,25 +15,12 @@ import torch
 
 import armor
 from armor.models import build_model
-from armor.tabular import (constrained_robust_accuracy, load_tabular, moved_feature_stats, recall_under_attack,
-                           register, relaxed_threat, tabular_summary, unconstrained_robust_accuracy)
+from armor.domains.tabular import (constrained_robust_accuracy, load_tabular, moved_feature_stats,
+                                   recall_under_attack, relaxed_threat, tabular_summary,
+                                   unconstrained_robust_accuracy)
 from armor.training import Trainer
 
 FAST_SEARCH = {"csearch": {"population": 16, "generations": 20}}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread_and_clean_registries():
-    """One torch thread (tiny tables), and the attack/dataset/recipe registries restored afterwards, so that
-    registering the tabular entries here cannot change what other test modules see."""
-    import armor.attacks
-    import armor.data
-    import armor.training.recipes
-    saved = [(r, dict(r)) for r in (armor.attacks.ATTACKS, armor.data.DATASETS, armor.training.recipes.RECIPES)]
-    yield
-    for registry, copy in saved:
-        registry.clear()
-        registry.update(copy)
 
 
 def train(data, recipe, threat, epochs, seed=0, **params):
@@ -55,7 +42,6 @@ def breast():
 
 @pytest.fixture(scope="module")
 def fraud():
-    register()
     data = load_tabular("fraud")
     threat = data.threat(0.25)
     model = train(data, "standard", threat, 15)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from armor import ThreatModel
-from armor.tabular import Schema, feature_eps, load_schema, schema_path, threat_from_schema
-from armor.tabular.constraints import constraints_from_dict
+from armor.domains.tabular import Schema, feature_eps, load_schema, schema_path, threat_from_schema
+from armor.domains.tabular.constraints import constraints_from_dict
 
 BASE = {
     "name": "shop",

@@ -1,6 +1,6 @@
 """`python -m armor ...` and `torchrun -m armor train ...` run the same CLI."""
 
-from .cli import app
+from .app.cli import app
 
 if __name__ == "__main__":
     app()

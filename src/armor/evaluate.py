@@ -18,8 +18,9 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .attacks import ATTACKS, get_attack
-from .attacks._core import attack_mode
+from .attacks import all_attacks, attack_mode, get_attack
+from .engine import as_xy, attack_batches, model_device, predict_logits
+from .plugins import contributions
 from .threat import ThreatModel, check_inputs, warn_if_probabilities
 from .utils import atomic_write_bytes
 
@@ -29,32 +30,36 @@ SUITES: dict[str, dict[str, list[str]]] = {
     "standard": {"linf": ["apgd-ce", "apgd-t", "square"], "l2": ["apgd-ce", "apgd-t", "square"],
                  "l1": ["apgd-ce", "apgd-t", "apgd-dlr"]},
     "fast": {"linf": ["pgd", "apgd-ce"], "l2": ["pgd", "apgd-ce"], "l1": ["pgd", "apgd-ce"]},
-    # Tabular threats with domain constraints: constrained PGD, APGD through the repair, and a black-box
-    # constrained genetic search (MOEVA-style).
-    "tabular": {"linf": ["cpgd", "apgd-ce", "csearch"]},
 }
+
+
+def all_suites() -> dict[str, dict[str, list[str]]]:
+    """Every suite: armor's own (:data:`SUITES`) and those the domains contribute (:mod:`armor.plugins`)."""
+    return {name: {norm: list(a) for norm, a in s.items()} for name, s in contributions("suites", SUITES).items()}
 
 
 def resolve_suite(suite: Union[str, Sequence[str]], threat: ThreatModel) -> list[str]:
     """Names of the attacks a suite runs under ``threat``; unknown names or norms raise ``ValueError``."""
+    suites = all_suites()
     if isinstance(suite, str):
-        if suite in SUITES:
-            if threat.norm.value not in SUITES[suite]:
+        if suite in suites:
+            if threat.norm.value not in suites[suite]:
                 raise ValueError(f"suite {suite!r} has no attacks for the {threat.norm.value} norm "
-                                 f"(it covers {', '.join(SUITES[suite])})")
-            return list(SUITES[suite][threat.norm.value])
+                                 f"(it covers {', '.join(suites[suite])})")
+            return list(suites[suite][threat.norm.value])
         names = [s.strip() for s in suite.split(",") if s.strip()]
     else:
         names = list(suite)
     if not names:
         raise ValueError("the attack suite is empty: pass 'standard', 'fast' or a list of attack names")
+    attacks = all_attacks()
     for name in names:
-        if name not in ATTACKS:
-            raise ValueError(f"unknown attack {name!r} in suite: choose from {', '.join(sorted(ATTACKS))} "
-                             f"or a suite name ({', '.join(SUITES)})")
-        if threat.norm.value not in ATTACKS[name].norms:
+        if name not in attacks:
+            raise ValueError(f"unknown attack {name!r} in suite: choose from {', '.join(sorted(attacks))} "
+                             f"or a suite name ({', '.join(suites)})")
+        if threat.norm.value not in attacks[name].norms:
             raise ValueError(f"attack {name!r} does not support the {threat.norm.value} norm "
-                             f"(it supports {', '.join(ATTACKS[name].norms)})")
+                             f"(it supports {', '.join(attacks[name].norms)})")
     return names
 
 
@@ -82,14 +87,6 @@ class EvalResult:
         return json.dumps(self.to_dict(), **kw)
 
 
-def _as_xy(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return data[0], data[1]
-    if hasattr(data, "x") and hasattr(data, "y"):
-        return data.x, data.y
-    raise ValueError("data must be an (x, y) pair of tensors or an armor Dataset")
-
-
 def _fingerprint(x: torch.Tensor, y: torch.Tensor, names: list[str], threat: ThreatModel, seed: int,
                  model: nn.Module, kwargs: dict[str, Any]) -> str:
     h = hashlib.sha256()
@@ -99,14 +96,6 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor, names: list[str], threat: Thr
     for t in model.state_dict().values():
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    outs = []
-    with attack_mode(model), torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            outs.append(model(x[i:i + batch_size]))
-    return torch.cat(outs) if outs else torch.empty(0)
 
 
 def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
@@ -132,12 +121,14 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
         ``individual``), ``cumulative_accuracy`` (worst case after this attack), ``seconds`` and ``n`` (points
         attacked).
     """
-    x, y = _as_xy(data)
+    x, y = as_xy(data)
     check_inputs(x, y, None, threat)
     if n is not None:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         x, y = x[:n], y[:n]
+    if x.shape[0] == 0:
+        raise ValueError("there are no points to evaluate: the dataset (or its first n points) is empty")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     names = resolve_suite(suite, threat)
@@ -145,91 +136,94 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
     for key in attack_kwargs:
         if key not in names:
             raise ValueError(f"attack_kwargs names {key!r}, which is not in the suite {names}")
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = x.device
+    device = model_device(model, x.device)
     x, y = x.to(device), y.to(device)
     total = x.shape[0]
     t_start = time.perf_counter()
 
-    logits = _predict(model, x, batch_size)
-    if logits.dim() != 2:
-        raise ValueError(f"the model must return logits of shape (N, classes), got {tuple(logits.shape)}")
+    logits = predict_logits(model, x, batch_size)
     check_inputs(x, y, logits.shape[1])
     warn_if_probabilities(logits)
     clean_correct = logits.argmax(1) == y
-    robust = clean_correct.clone()
-    x_adv = x.clone() if keep_adv else None
-    records: dict[str, dict[str, Any]] = {}
-    state = _State(Path(state_path), _fingerprint(x, y, names, threat, seed, model, attack_kwargs)) if state_path else None
-    pos = (0, 0, None)
-    if state is not None and state.exists():
-        robust, records, pos, saved_adv = state.load(device)
-        if keep_adv and saved_adv is not None:
-            x_adv = saved_adv
-    prior_seconds = sum(r["seconds"] for r in records.values())
+    st = EvalState(robust=clean_correct.clone(), x_adv=x.clone() if keep_adv else None)
+    store = _StateFile(Path(state_path), _fingerprint(x, y, names, threat, seed, model, attack_kwargs)) \
+        if state_path else None
+    if store is not None and store.exists():
+        saved = store.load(device)
+        st = EvalState(saved.robust, saved.records, saved.attack, saved.batch, saved.todo, saved.own_fooled,
+                       saved.x_adv if keep_adv and saved.x_adv is not None else st.x_adv)
+    prior_seconds = sum(r["seconds"] for r in st.records.values())
 
-    for a_idx, name in enumerate(names):
-        if a_idx < pos[0]:
-            continue
+    for a_idx in range(st.attack, len(names)):
+        name = names[a_idx]
         fn = get_attack(name, **attack_kwargs.get(name, {}))
-        resuming = a_idx == pos[0] and pos[2] is not None
-        if resuming:
-            todo, b_start, own_fooled, seconds = pos[2], pos[1], records[name]["_own_fooled"], records[name]["seconds"]
-        else:
-            todo = (clean_correct if individual else robust).nonzero().squeeze(1)
-            b_start, own_fooled, seconds = 0, 0, 0.0
-        batches = [todo[i:i + batch_size] for i in range(0, todo.numel(), batch_size)]
-        for b_idx in range(b_start, len(batches)):
-            idx = batches[b_idx]
-            t0 = time.perf_counter()
-            g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + a_idx * 10_007 + b_idx)
-            xb = fn(model, x[idx], y[idx], threat, generator=g)
-            if not bool(threat.contains(xb, x[idx]).all()):
-                raise RuntimeError(f"attack {name!r} returned points outside the threat model: this is a bug")
+        if st.todo is None:  # a fresh attack (not one resumed in the middle)
+            st.todo = (clean_correct if individual else st.robust).nonzero().squeeze(1)
+            st.batch, st.own_fooled = 0, 0
+            st.records[name] = {"seconds": 0.0, "n": int(st.todo.numel())}
+        record = st.records[name]
+        t0 = time.perf_counter()
+        for b, n_batches, idx, xb in attack_batches(model, fn, x, y, threat, batch_size=batch_size, seed=seed,
+                                                    stream=a_idx, index=st.todo, start=st.batch, name=name):
             with attack_mode(model), torch.no_grad():
                 fooled = model(xb).argmax(1) != y[idx]
-            own_fooled += int(fooled.sum())
-            newly = fooled & robust[idx]  # never overwrite an earlier success
-            robust[idx[newly]] = False
-            if x_adv is not None:
-                x_adv[idx[newly]] = xb[newly]
-            seconds += time.perf_counter() - t0
-            records[name] = {"_own_fooled": own_fooled, "seconds": seconds, "n": int(todo.numel())}
-            if state is not None:
-                state.save(robust, records, (a_idx, b_idx + 1, todo), x_adv)
+            st.own_fooled += int(fooled.sum())
+            newly = fooled & st.robust[idx]  # never overwrite an earlier success
+            st.robust[idx[newly]] = False
+            if st.x_adv is not None:
+                st.x_adv[idx[newly]] = xb[newly]
+            record["seconds"] += time.perf_counter() - t0  # the attack ran inside attack_batches, since t0
+            st.batch = b + 1
+            if store is not None:
+                store.save(st)
             if progress is not None:
-                progress(name, b_idx + 1, len(batches))
-        own = own_fooled
-        records[name] = {
-            "accuracy": (int(clean_correct.sum()) - own) / total if individual else None,
-            "cumulative_accuracy": int(robust.sum()) / total,
-            "seconds": round(seconds, 4),
-            "n": int(todo.numel()),
-            "_own_fooled": own,
-        }
-        if state is not None:
-            state.save(robust, records, (a_idx + 1, 0, None), x_adv)
+                progress(name, b + 1, n_batches)
+            t0 = time.perf_counter()
+        record.update({
+            "accuracy": (int(clean_correct.sum()) - st.own_fooled) / total if individual else None,
+            "cumulative_accuracy": int(st.robust.sum()) / total,
+            "seconds": round(record["seconds"], 4),
+        })
+        st.attack, st.batch, st.todo, st.own_fooled = a_idx + 1, 0, None, 0
+        if store is not None:
+            store.save(st)
 
-    per_attack = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in records.items()}
+    per_attack = {k: {"accuracy": v.get("accuracy"), "cumulative_accuracy": v["cumulative_accuracy"],
+                      "seconds": v["seconds"], "n": v["n"]} for k, v in st.records.items()}
     return EvalResult(
         clean_accuracy=int(clean_correct.sum()) / total,
-        robust_accuracy=int(robust.sum()) / total,
+        robust_accuracy=int(st.robust.sum()) / total,
         per_attack=per_attack,
         threat_model=threat.to_dict(),
         suite=names,
         n=total,
         seconds=round(time.perf_counter() - t_start + prior_seconds, 4),
         seed=seed,
-        robust=robust.cpu(),
+        robust=st.robust.cpu(),
         clean_correct=clean_correct.cpu(),
-        x_adv=None if x_adv is None else x_adv.cpu(),
+        x_adv=None if st.x_adv is None else st.x_adv.cpu(),
     )
 
 
-class _State:
-    """Resumable evaluation state in one file (bookkeeping and tensors together), written atomically."""
+@dataclass
+class EvalState:
+    """Where an evaluation stands: the per-sample worst case so far and the position in the suite.
+
+    ``attack`` and ``batch`` are the next attack and batch to run; ``todo`` the points the current attack
+    works through (``None`` between attacks); ``own_fooled`` how many of them it has fooled so far."""
+
+    robust: torch.Tensor
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attack: int = 0
+    batch: int = 0
+    todo: Optional[torch.Tensor] = None
+    own_fooled: int = 0
+    x_adv: Optional[torch.Tensor] = None
+
+
+class _StateFile:
+    """An :class:`EvalState` in one file (bookkeeping and tensors together), keyed by a fingerprint of what it
+    evaluates and written atomically."""
 
     def __init__(self, path: Path, fingerprint: str):
         self.path, self.fingerprint = path, fingerprint
@@ -237,7 +231,7 @@ class _State:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def load(self, device: torch.device):
+    def load(self, device: torch.device) -> EvalState:
         try:
             blob = torch.load(self.path, map_location=device, weights_only=True)
             meta = json.loads(blob["meta"])
@@ -247,15 +241,21 @@ class _State:
         if meta.get("fingerprint") != self.fingerprint:
             raise ValueError(f"evaluation state {self.path} belongs to a different model, data or suite; "
                              "delete it or pass another state path")
-        return blob["robust"], meta["records"], (meta["attack"], meta["batch"], blob.get("todo")), blob.get("x_adv")
+        records = meta["records"]
+        own = meta.get("own_fooled")
+        if own is None:  # a state written before armor 0.2 kept the count inside the attack's record
+            current = next((r for r in records.values() if "cumulative_accuracy" not in r), {})
+            own = current.get("_own_fooled", 0)
+        return EvalState(blob["robust"], records, meta["attack"], meta["batch"], blob.get("todo"), own,
+                         blob.get("x_adv"))
 
-    def save(self, robust, records, pos, x_adv) -> None:
-        blob = {"meta": json.dumps({"fingerprint": self.fingerprint, "records": records, "attack": pos[0],
-                                    "batch": pos[1]}), "robust": robust}
-        if pos[2] is not None:
-            blob["todo"] = pos[2]
-        if x_adv is not None:
-            blob["x_adv"] = x_adv
+    def save(self, st: EvalState) -> None:
+        blob = {"meta": json.dumps({"fingerprint": self.fingerprint, "records": st.records, "attack": st.attack,
+                                    "batch": st.batch, "own_fooled": st.own_fooled}), "robust": st.robust}
+        if st.todo is not None:
+            blob["todo"] = st.todo
+        if st.x_adv is not None:
+            blob["x_adv"] = st.x_adv
         buf = io.BytesIO()
         torch.save(blob, buf)
         atomic_write_bytes(self.path, buf.getvalue())

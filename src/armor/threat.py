@@ -12,7 +12,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional, Protocol, Union
+from typing import Any, Union
 
 import torch
 
@@ -36,14 +36,6 @@ class Norm(str, Enum):
         if key not in aliases:
             raise ValueError(f"unknown norm {value!r}: use one of 'linf', 'l2', 'l1'")
         return aliases[key]
-
-
-class Constraints(Protocol):  # pragma: no cover - structural type
-    """Domain constraints (tabular): map any candidate back into the feasible set around ``x``."""
-
-    def repair(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor: ...
-
-    def to_dict(self) -> dict[str, Any]: ...
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -143,6 +135,10 @@ class ThreatModel:
 
     def _eps(self, like: torch.Tensor) -> torch.Tensor | float:
         return self.eps.to(like) if torch.is_tensor(self.eps) else self.eps
+
+    def eps_tensor(self, like: torch.Tensor) -> torch.Tensor:
+        """eps as a tensor in ``like``'s dtype and device (a 0-d tensor, or the per-feature budgets)."""
+        return torch.as_tensor(self._eps(like), dtype=like.dtype, device=like.device)
 
     @property
     def eps_scalar(self) -> float:
@@ -293,22 +289,18 @@ class ThreatModel:
         """Raise ``ValueError`` naming the problem when inputs cannot be attacked meaningfully."""
         check_inputs(x, y, num_classes, self)
 
+    def scaled(self, factor: float) -> "ThreatModel":
+        """The same threat with its radius multiplied by ``factor`` (per-feature budgets keep their shape)."""
+        if factor == 1.0:
+            return self
+        return ThreatModel(self.norm, self.eps * factor, self.bounds, self.constraints)
+
     def with_eps(self, eps: float) -> "ThreatModel":
         """The same threat at radius ``eps``; per-feature budgets are scaled so that their maximum is ``eps``."""
         if torch.is_tensor(self.eps):
             scaled = self.eps * (eps / self.eps_scalar) if self.eps_scalar > 0 else torch.full_like(self.eps, eps)
             return ThreatModel(self.norm, scaled, self.bounds, self.constraints)
         return ThreatModel(self.norm, eps, self.bounds, self.constraints)
-
-    @classmethod
-    def from_schema(cls, path: Any, eps: Optional[float] = None, **kwargs: Any) -> "ThreatModel":
-        """A linf threat in raw feature units whose constraints come from a tabular schema (TOML).
-
-        See :func:`armor.tabular.threat_from_schema`; eps is in standard deviations of each feature.
-        """
-        from .tabular import threat_from_schema  # imported on use: armor.tabular builds on this module
-
-        return threat_from_schema(path, eps, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         def enc(v: Any) -> Any:
@@ -326,9 +318,7 @@ class ThreatModel:
 
         constraints = d.get("constraints")
         if constraints is not None:
-            from .tabular import constraints_from_dict
-
-            constraints = constraints_from_dict(constraints)
+            constraints = decode_constraints(constraints)
         return cls(d["norm"], dec(d["eps"]), tuple(dec(b) for b in d.get("bounds", (0.0, 1.0))), constraints)
 
     def __repr__(self) -> str:
@@ -336,6 +326,20 @@ class ThreatModel:
         lo, hi = (f"{b:g}" if not torch.is_tensor(b) else "tensor" for b in self.bounds)
         extra = ", constrained" if self.constraints is not None else ""
         return f"ThreatModel({self.norm.value}, eps={eps}, bounds=[{lo}, {hi}]{extra})"
+
+
+def decode_constraints(d: Any) -> Any:
+    """Rebuild domain constraints from the dict their ``to_dict()`` wrote, through the decoder that the domain
+    registered for its ``kind`` (:attr:`armor.plugins.Domain.constraints`)."""
+    from .plugins import contributions
+
+    decoders = contributions("constraints")
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if kind not in decoders:
+        known = ", ".join(decoders) or "none installed"
+        raise ValueError(f"threat model constraints of kind {kind!r} cannot be decoded (known kinds: {known}); "
+                         "the domain that wrote them is not installed or the file is damaged")
+    return decoders[kind](d)
 
 
 def check_inputs(x: Any, y: Any = None, num_classes: int | None = None, threat: ThreatModel | None = None) -> None:

@@ -1,8 +1,9 @@
-"""Small shared helpers: atomic writes (nothing is ever half-written) and seeding."""
+"""Small shared helpers: atomic writes (nothing is ever half-written), JSON and TOML output."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -39,6 +40,25 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 def atomic_write_json(path: PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def dump_toml(config: Any) -> str:
+    """The configuration as TOML (``None`` values are left out: absent means default)."""
+    data = config.to_dict() if hasattr(config, "to_dict") else config
+    lines = ["# armor train configuration (resolved); rerun with: armor train --config config.toml"]
+    for key, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"config {key} = {value} cannot be written to TOML")
+            text = repr(value)
+        else:
+            text = json.dumps(str(value))  # a JSON string is a valid TOML basic string
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
 
 
 def _json_default(o: Any) -> Any:

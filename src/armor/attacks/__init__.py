@@ -1,8 +1,9 @@
 """The attack suite: pure functions ``attack(model, x, y, threat, *, ..., generator=None) -> x_adv``.
 
 ``ATTACKS`` maps a name to an :class:`AttackSpec` (function, fixed keyword arguments, norms, description);
-:func:`get_attack` turns a name into a ready callable. The evaluator, the trainer and the CLI all go through
-this registry, so a new attack is one entry here.
+domains add theirs through :mod:`armor.plugins`, and :func:`all_attacks` is the union. :func:`get_attack` turns
+a name into a ready callable. The evaluator, the trainer and the CLI all go through it, so a new attack is one
+entry here (or in a domain).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ._core import attack_mode, ce_loss, dlr_loss, loss_and_grad, margin_loss
+from ._core import (attack_mode, ce_loss, check_logits, default_generator, dlr_loss, get_loss, is_fooled,
+                    loss_and_grad, margin_loss, prepare)
 from .cw import cw_l2
 from .gradient import apgd, apgd_t, fgsm, pgd
 from .square import square
+from ..plugins import contributions
 
 AttackFn = Callable[..., Any]
 
@@ -44,18 +47,26 @@ ATTACKS: dict[str, AttackSpec] = {
 }
 
 
+def all_attacks() -> dict[str, AttackSpec]:
+    """Every attack: armor's own (:data:`ATTACKS`) and those the domains contribute (:mod:`armor.plugins`)."""
+    return contributions("attacks", ATTACKS)
+
+
+def attack_spec(name: str) -> AttackSpec:
+    """The :class:`AttackSpec` registered as ``name``; ``ValueError`` lists the known ones."""
+    known = all_attacks()
+    if name not in known:
+        raise ValueError(f"unknown attack {name!r}: choose one of {', '.join(sorted(known))} "
+                         f"(see `armor list attacks`)")
+    return known[name]
+
+
 def get_attack(name: str, **overrides: Any) -> AttackFn:
     """The attack called ``name``, with its registered defaults and any ``overrides`` bound."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}: choose one of {', '.join(sorted(ATTACKS))} "
-                         f"(see `armor list attacks`)")
-    spec = ATTACKS[name]
+    spec = attack_spec(name)
     return functools.partial(spec.fn, **{**spec.kwargs, **overrides})
 
 
-def list_attacks() -> list[tuple[str, str]]:
-    return [(name, spec.description) for name, spec in ATTACKS.items()]
-
-
-__all__ = ["ATTACKS", "AttackSpec", "apgd", "apgd_t", "attack_mode", "ce_loss", "cw_l2", "dlr_loss", "fgsm",
-           "get_attack", "list_attacks", "loss_and_grad", "margin_loss", "pgd", "square"]
+__all__ = ["ATTACKS", "AttackSpec", "all_attacks", "apgd", "apgd_t", "attack_mode", "attack_spec", "ce_loss",
+           "check_logits", "cw_l2", "default_generator", "dlr_loss", "fgsm", "get_attack", "get_loss", "is_fooled",
+           "loss_and_grad", "margin_loss", "pgd", "prepare", "square"]

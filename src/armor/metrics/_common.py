@@ -1,4 +1,4 @@
-"""What the measurement modules share: input checks, batched prediction, and the model's device."""
+"""What the measurement modules share: input checks and accuracy (batching comes from :mod:`armor.engine`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import attack_mode
-
-
-def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return fallback
+from ..engine import model_device, predict_logits  # noqa: F401  (re-exported for the metrics)
 
 
 def check_xy(x: Any, y: Any, what: str = "x") -> None:
@@ -46,21 +39,6 @@ def check_images(x: Any, what: str = "x") -> None:
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"{what} must lie in [0, 1] (min {x.min().item():.4g}, max {x.max().item():.4g}); "
                          "armor keeps data in [0, 1] and puts normalisation inside the model")
-
-
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` in eval mode, batched, without touching the model's state."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = model_device(model, x.device)
-    outs = []
-    with attack_mode(model), torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            outs.append(model(x[i:i + batch_size].to(device)))
-    logits = torch.cat(outs)
-    if logits.dim() != 2:
-        raise ValueError(f"the model must return logits of shape (N, classes), got {tuple(logits.shape)}")
-    return logits
 
 
 def accuracy_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:

@@ -24,7 +24,8 @@ from torch import nn
 
 from ..attacks import get_attack
 from ..threat import ThreatModel
-from ._common import check_xy, model_device, predict_logits
+from ..engine import attack_dataset
+from ._common import check_xy, predict_logits
 
 DEFAULT_BINS = 15
 
@@ -253,14 +254,8 @@ def calibration_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threa
     clean = calibration_metrics(predict_logits(model, x, batch_size).cpu(), y.cpu(), n_bins=n_bins)
     attack_info: Optional[dict[str, Any]] = None
     if x_adv is None and threat is not None:
-        fn = get_attack(attack, **(attack_kwargs or {}))
-        device = model_device(model, x.device)
-        parts = []
-        for b, i in enumerate(range(0, x.shape[0], batch_size)):
-            g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
-            parts.append(fn(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device), threat,
-                            generator=g).cpu())
-        x_adv = torch.cat(parts)
+        x_adv = attack_dataset(model, get_attack(attack, **(attack_kwargs or {})), x, y, threat,
+                               batch_size=batch_size, seed=seed, stream=0, name=attack).cpu()
         attack_info = {"name": attack, "kwargs": dict(attack_kwargs or {}), "threat_model": threat.to_dict()}
     elif x_adv is not None:
         attack_info = {"name": "given", "threat_model": None if threat is None else threat.to_dict()}

@@ -47,13 +47,6 @@ def check_eps_grid(eps_grid: Sequence[float]) -> list[float]:
     return sorted(set(values))
 
 
-def _at_eps(threat: ThreatModel, eps: float) -> ThreatModel:
-    if torch.is_tensor(threat.eps):
-        # Per-feature budgets keep their shape: the grid value is the largest feature budget.
-        return ThreatModel(threat.norm, threat.eps * (eps / threat.eps_scalar), threat.bounds, threat.constraints)
-    return threat.with_eps(eps)
-
-
 def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                      eps_grid: Optional[Sequence[float]] = None, suite: Union[str, Sequence[str]] = "fast", *,
                      n: Optional[int] = None, batch_size: int = 500, seed: int = 0,
@@ -92,7 +85,7 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat:
             point = {"eps": 0.0, "robust_accuracy": clean, "clean_accuracy": clean, "per_attack": {},
                      "seconds": 0.0, "n": int(x.shape[0])}
         else:
-            r = evaluate(model, (x, y), _at_eps(threat, eps), suite, batch_size=batch_size, seed=seed,
+            r = evaluate(model, (x, y), threat.with_eps(eps), suite, batch_size=batch_size, seed=seed,
                          attack_kwargs=attack_kwargs)
             point = {"eps": eps, "robust_accuracy": r.robust_accuracy, "clean_accuracy": r.clean_accuracy,
                      "per_attack": {k: v["cumulative_accuracy"] for k, v in r.per_attack.items()},

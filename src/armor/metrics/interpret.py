@@ -22,6 +22,7 @@ from torch import nn
 
 from ..attacks import attack_mode, get_attack
 from ..threat import ThreatModel
+from ..engine import attack_dataset
 from ._common import check_xy, model_device, predict_logits
 
 
@@ -206,9 +207,8 @@ def interpretability_artifacts(model: nn.Module, x: torch.Tensor, y: torch.Tenso
         # The gallery shows the first k successes: attacking a pool of 8k points (at least 64) is plenty.
         pool = min(x.shape[0], max(64, 8 * k))
         xg, yg = x[:pool], y[:pool]
-        device = model_device(model, x.device)
-        g = torch.Generator(device=device).manual_seed(seed)
-        x_adv = get_attack(attack)(model, xg.to(device), yg.to(device), threat, generator=g).cpu()
+        x_adv = attack_dataset(model, get_attack(attack), xg, yg, threat, batch_size=batch_size, seed=seed,
+                               name=attack).cpu()
     if x_adv is not None:
         gal = adversarial_gallery(model, xg, x_adv, yg, k=k, batch_size=batch_size)
         out.update({"gallery_x": gal["x"], "gallery_x_adv": gal["x_adv"], "gallery_pred_clean": gal["pred_clean"],

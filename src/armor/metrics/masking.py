@@ -25,6 +25,7 @@ fires becomes a named flag with a human explanation and the numbers behind it:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from ..attacks import pgd, square
 from ..threat import Norm, ThreatModel
-from ._common import model_device, predict_logits
+from ..engine import correct_after, model_device, predict_logits
 from .interpret import saliency
 
 CHECKS = ("accuracy_not_decreasing_with_eps", "no_convergence_at_large_eps", "stronger_attack_weaker",
@@ -55,7 +56,7 @@ def large_eps_for(threat: ThreatModel, x: torch.Tensor) -> float:
 
 
 class _Runner:
-    """Runs attacks batch by batch with one seeded generator per (attack, batch), and scores them."""
+    """Runs attacks over the points with the engine's seed rule (one stream per check) and scores them."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
         self.model, self.x, self.y, self.batch_size, self.seed = model, x, y, batch_size, seed
@@ -65,14 +66,9 @@ class _Runner:
     def correct_after(self, key: int, fn: Callable[..., torch.Tensor], threat: ThreatModel,
                       **kwargs: Any) -> torch.Tensor:
         """Per-sample: still correct after the attack (points wrong on clean inputs count as wrong)."""
-        out = []
-        for b, i in enumerate(range(0, self.x.shape[0], self.batch_size)):
-            xb = self.x[i:i + self.batch_size].to(self.device)
-            yb = self.y[i:i + self.batch_size].to(self.device)
-            g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + key * 10_007 + b)
-            xa = fn(self.model, xb, yb, threat, generator=g, **kwargs)
-            out.append(predict_logits(self.model, xa, self.batch_size).argmax(1).cpu() == yb.cpu())
-        return torch.cat(out) & self.clean_correct
+        attack = functools.partial(fn, **kwargs) if kwargs else fn
+        return correct_after(self.model, attack, self.x, self.y, threat, batch_size=self.batch_size,
+                             seed=self.seed, stream=key, name=getattr(fn, "__name__", "")) & self.clean_correct
 
 
 def _result(passed: Optional[bool], evidence: dict[str, Any]) -> dict[str, Any]:
@@ -246,8 +242,7 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
             for j, f in enumerate(sorted(set(float(v) for v in eps_factors))):
                 if f <= 0:
                     continue
-                te = threat.with_eps(f * eps) if not torch.is_tensor(threat.eps) else ThreatModel(
-                    threat.norm, threat.eps * f, threat.bounds, threat.constraints)
+                te = threat.scaled(f)
                 acc = float(run.correct_after(10 + j, pgd, te, steps=curve_steps).double().mean())
                 pts.append((f * eps, acc))
             source = f"pgd-{curve_steps}"

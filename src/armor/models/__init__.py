@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from ..plugins import contributions
 from .nets import CNN4, MLP, ArmorNet, Normalize, PreActBlock, PreActResNet18, SmallCNN
 
 MODELS: dict[str, tuple[type[ArmorNet], str]] = {
@@ -24,17 +25,13 @@ MODELS: dict[str, tuple[type[ArmorNet], str]] = {
     "preact-resnet18": (PreActResNet18, "PreAct ResNet-18 for CIFAR-10 (Rice et al. 2020); width=64"),
 }
 
-_DEFAULT_FOR = {"digits": "small-cnn", "mnist": "small-cnn", "fashion-mnist": "small-cnn",
-                "cifar10": "preact-resnet18"}
+def all_models() -> dict[str, tuple[type[nn.Module], str]]:
+    """Every architecture: armor's own (:data:`MODELS`) and those the domains contribute (:mod:`armor.plugins`)."""
+    return contributions("models", MODELS)
 
 
 def list_models() -> list[tuple[str, str]]:
-    return [(name, desc) for name, (_, desc) in MODELS.items()]
-
-
-def default_model_for(dataset_name: str) -> str:
-    """The usual architecture for a dataset; anything not known to be an image dataset gets the MLP."""
-    return _DEFAULT_FOR.get(dataset_name, "mlp")
+    return [(name, desc) for name, (_, desc) in all_models().items()]
 
 
 def model_spec(name: str, dataset: Any, **kwargs: Any) -> dict:
@@ -50,9 +47,10 @@ def build_model(spec: dict) -> nn.Module:
                          f"'num_classes': 10}}, got {spec!r}")
     spec = dict(spec)
     name = spec.pop("name")
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    cls = MODELS[name][0]
+    known = all_models()
+    if name not in known:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(known)}")
+    cls = known[name][0]
     params = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
     missing = [k for k, d in params.items() if d is inspect.Parameter.empty and k not in spec]
     unknown = sorted(set(spec) - set(params))
@@ -77,5 +75,5 @@ def build_model(spec: dict) -> nn.Module:
     return model
 
 
-__all__ = ["MODELS", "ArmorNet", "Normalize", "build_model", "default_model_for", "list_models", "model_spec",
+__all__ = ["MODELS", "ArmorNet", "Normalize", "all_models", "build_model", "list_models", "model_spec",
            "PreActBlock", "CNN4", "MLP", "PreActResNet18", "SmallCNN"]

@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 from .checkpoint import CheckpointError, load, load_metadata, load_weights
-from .config import TrainConfig, train
-from .recipes import (AWP, MART, RECIPES, TRADES, BatchStats, FastAT, FreeAT, Multi, PGDAT, Recipe, Standard,
+from .recipes import (AWP, MART, RECIPES, TRADES, BatchStats, all_recipes, FastAT, FreeAT, Multi, PGDAT, Recipe, Standard,
                       list_recipes, make_recipe)
 from .trainer import SCHEDULES, NonFiniteLossError, PassCounter, StepContext, Trainer, TrainResult
 
 __all__ = ["AWP", "BatchStats", "CheckpointError", "FastAT", "FreeAT", "MART", "Multi", "NonFiniteLossError",
            "PGDAT", "PassCounter", "RECIPES", "Recipe", "SCHEDULES", "Standard", "StepContext", "TRADES",
-           "TrainConfig", "TrainResult", "Trainer", "list_recipes", "load", "load_metadata", "load_weights",
-           "make_recipe", "train"]
+           "TrainResult", "Trainer", "all_recipes", "list_recipes", "load", "load_metadata", "load_weights",
+           "make_recipe"]

@@ -45,13 +45,6 @@ def _correct(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.detach().argmax(1) == y).sum())
 
 
-def scale_threat(threat: ThreatModel, factor: float) -> ThreatModel:
-    """``threat`` with its radius multiplied by ``factor`` (per-feature budgets keep their shape)."""
-    if factor == 1.0:
-        return threat
-    return ThreatModel(threat.norm, threat.eps * factor, threat.bounds, threat.constraints)
-
-
 def _check_ratio(name: str, value: Any) -> float:
     try:
         r = float(value)
@@ -348,9 +341,9 @@ class FastAT(Recipe):
         if self.variant == "fgsm-rs":
             start_threat, land_threat = threat, threat
         else:
-            start_threat = scale_threat(threat, self.noise)
+            start_threat = threat.scaled(self.noise)
             # No projection to the eps ball: the widest ball the step can reach binds only the data bounds.
-            land_threat = scale_threat(threat, self.noise + self.step_size)
+            land_threat = threat.scaled(self.noise + self.step_size)
         x0 = start_threat.random_init(x, ctx.generator) if start_threat.eps_scalar > 0 else x
         with attack_mode(ctx.attack_model):
             _, _, grad = loss_and_grad(ctx.attack_model, x0, y, _ce)
@@ -583,7 +576,7 @@ class Multi(_PGDAttackMixin, Recipe):
         return [c.threat(threat) for c in self.components]
 
     def _attack(self, comp: Component, x, y, ctx) -> torch.Tensor:
-        threat = scale_threat(comp.threat(ctx.threat), ctx.eps_scale)
+        threat = comp.threat(ctx.threat).scaled(ctx.eps_scale)
         if comp.attack == "pgd":
             return self._pgd(x, y, threat, ctx)
         x0 = threat.random_init(x, ctx.generator) if threat.eps_scalar > 0 else x
@@ -620,7 +613,7 @@ def make_recipe(name: str, **params: Any) -> Recipe:
     """Build the recipe called ``name`` with ``params``; unknown names or parameters raise ``ValueError``.
 
     Arguments:
-        name: one of :data:`RECIPES` (``armor list recipes``).
+        name: one of :func:`all_recipes` (``armor list recipes``).
         params: the recipe's parameters (see each class); ``None`` values mean "use the default".
     Returns:
         The :class:`Recipe`.
@@ -629,9 +622,10 @@ def make_recipe(name: str, **params: Any) -> Recipe:
         if params:
             raise ValueError("pass parameters to the recipe's constructor, not alongside a built recipe")
         return name
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)} (see `armor list recipes`)")
-    cls = RECIPES[name]
+    known = all_recipes()
+    if name not in known:
+        raise ValueError(f"unknown recipe {name!r}: choose one of {', '.join(known)} (see `armor list recipes`)")
+    cls = known[name]
     params = {k: v for k, v in params.items() if v is not None}
     import inspect
 
@@ -648,5 +642,12 @@ def make_recipe(name: str, **params: Any) -> Recipe:
         raise ValueError(f"recipe {name!r}: {e}") from None
 
 
+def all_recipes() -> dict[str, type[Recipe]]:
+    """Every recipe: armor's own (:data:`RECIPES`) and those the domains contribute (:mod:`armor.plugins`)."""
+    from ..plugins import contributions
+
+    return contributions("recipes", RECIPES)
+
+
 def list_recipes() -> list[tuple[str, str]]:
-    return [(name, cls.description) for name, cls in RECIPES.items()]
+    return [(name, cls.description) for name, cls in all_recipes().items()]

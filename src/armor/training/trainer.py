@@ -12,6 +12,7 @@ perturbation), and the loop restarts at the batch after the checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -25,10 +26,11 @@ import torch
 from torch import nn
 
 from ..attacks import pgd
+from ..engine import as_xy, attack_batches, predict_logits
 from ..threat import ThreatModel, check_inputs
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, dump_toml
 from . import checkpoint as ckpt
-from .recipes import BatchStats, Recipe, make_recipe, scale_threat
+from .recipes import BatchStats, Recipe, make_recipe
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "cyclic", "onecycle", "multistep")
@@ -215,14 +217,6 @@ class TrainResult:
     best_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
 
-def _as_xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(data, "x") and hasattr(data, "y"):
-        return data.x, data.y
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return data[0], data[1]
-    raise ValueError(f"{what} must be an armor Dataset or an (x, y) pair of tensors, got {type(data).__name__}")
-
-
 def _fingerprint(*tensors: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
@@ -311,7 +305,7 @@ class Trainer:
         if resume and out_dir is None:
             raise ValueError("resume needs the run directory: pass out_dir")
 
-        x, y = _as_xy(train_data, "train_data")
+        x, y = as_xy(train_data, "train_data")
         check_inputs(x, y, None, threat)
         if val_data is None and val_fraction > 0:
             split = torch.randperm(len(y), generator=torch.Generator().manual_seed(derive_seed(seed, "val-split")))
@@ -320,7 +314,7 @@ class Trainer:
             self.val_x, self.val_y = x[val_idx], y[val_idx]
             x, y = x[train_idx], y[train_idx]
         elif val_data is not None:
-            self.val_x, self.val_y = _as_xy(val_data, "val_data")
+            self.val_x, self.val_y = as_xy(val_data, "val_data")
             check_inputs(self.val_x, self.val_y, None, threat)
         else:
             self.val_x, self.val_y = x[:0], y[:0]
@@ -531,23 +525,23 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, "validation", d.rank))
         f0, b0, t0 = self._counter.forward, self._counter.backward, time.perf_counter()
         clean = robust = 0
+        attack = functools.partial(pgd, steps=self.val_steps, early_stop=True)
         was_training = model.training
-        model.eval()
         try:
             for i in range(0, len(idx_all), self.val_batch_size):
                 idx = idx_all[i:i + self.val_batch_size]
                 xb, yb = self.val_x[idx], self.val_y[idx]
-                with torch.no_grad():
-                    ok = model(xb).argmax(1) == yb
+                ok = predict_logits(model, xb, self.val_batch_size).argmax(1) == yb
                 clean += int(ok.sum())
                 for threat in threats:
                     alive = ok.nonzero().squeeze(1)
                     if alive.numel() == 0:
                         break
-                    x_adv = pgd(model, xb[alive], yb[alive], threat, steps=self.val_steps, early_stop=True,
-                                generator=gen)
-                    with torch.no_grad():
-                        ok[alive] = model(x_adv).argmax(1) == yb[alive]
+                    # the validation stream carries one generator through every batch (saved runs replay it)
+                    for _, _, sub, x_adv in attack_batches(model, attack, xb, yb, threat, index=alive,
+                                                           batch_size=self.val_batch_size, generator=gen,
+                                                           name=f"pgd-{self.val_steps}"):
+                        ok[sub] = predict_logits(model, x_adv, self.val_batch_size).argmax(1) == yb[sub]
                 robust += int(ok.sum())
         finally:
             model.train(was_training)
@@ -583,8 +577,6 @@ class Trainer:
             if d.rank == 0:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 if self.config is not None:
-                    from .config import dump_toml
-
                     atomic_write_text(self.out_dir / ckpt.CONFIG, dump_toml(self.config))
                 ckpt.write_metadata(self.out_dir, self._metadata("running"))
         raw = self.model
@@ -627,7 +619,7 @@ class Trainer:
                         if self.eps_warmup and self.threat is not None:
                             ctx.eps_scale = min(1.0, ((epoch * self._n_batches + batch + 1) / self._n_batches) * div
                                                 / self.eps_warmup)
-                            ctx.threat = scale_threat(self.threat, ctx.eps_scale)
+                            ctx.threat = self.threat.scaled(ctx.eps_scale)
                         stats = self.recipe.step(train_model, self.x[shard], self.y[shard], ctx)
                         self._accumulate(acc, stats)
                         acc["forward"] += self._counter.forward - f0

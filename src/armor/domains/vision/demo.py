@@ -14,11 +14,19 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .evaluate import evaluate
-from .measure import add_cost, measure, run_info, save_artifacts
-from .results import stamp
-from .threat import ThreatModel
-from .utils import atomic_write_json
+from ...app.claims import claims
+from ...app.config import TrainConfig, normalization_stats, train
+from ...app.measure import add_cost, measure, measurements_for
+from ...app.report import write_report
+from ...app.results import stamp
+from ...app.rundir import RunDir, save_artifacts
+from ...data import load_dataset
+from ...evaluate import evaluate
+from ...metrics import default_eps_grid, equipment_shift
+from ...models import build_model, model_spec
+from ...threat import ThreatModel
+from ...training import Trainer
+from ...utils import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -53,12 +61,6 @@ RECIPES = (("standard", "standard", {}), ("pgd-at", "pgd-at", {"adv_ratio": 0.5}
 def run_demo(dataset: str = "digits", out: Path | str = "runs/demo", *, seed: int = 0, quiet: bool = False,
              say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo end to end; returns the results dict (also written to OUT/results.json)."""
-    from .data import load_dataset
-    from .metrics import default_eps_grid, equipment_shift
-    from .models import build_model, model_spec
-    from .training import Trainer, load, load_metadata
-    from .training.config import TrainConfig, _normalisation, train
-
     if dataset not in PRESETS:
         raise ValueError(f"the demo knows {', '.join(PRESETS)}; got {dataset!r}")
     p = PRESETS[dataset]
@@ -77,14 +79,15 @@ def run_demo(dataset: str = "digits", out: Path | str = "runs/demo", *, seed: in
                           batch_size=p.batch_size, lr=p.lr, n_train=p.n_train, seed=seed, out=str(out / name),
                           quiet=quiet, **{k: v for k, v in params.items()})
         train(cfg)
-        model = load(out / name)
-        meta = load_metadata(out / name)
+        run = RunDir(out / name)
+        model = run.model()
         loaded[name] = model
         say(f"[{name}] measuring: worst case (standard suite), curve, calibration, shift, saliency, masking")
-        entry, art = measure(model, test, threat, suite="standard", n=None, seed=seed,
+        entry, art = measure(model, test, threat, suite="standard", measurements=measurements_for(p.dataset),
+                             n=None, seed=seed,
                              eps_grid=default_eps_grid(p.eps, p.curve_points),
                              attack_kwargs={"square": {"n_queries": p.square_queries}})
-        entry.update(run_info(out / name, meta))
+        entry.update(run.info())
         models[name], artifacts[name] = entry, art
 
     # Attack B at test time that no model trained against: L2.
@@ -103,7 +106,7 @@ def run_demo(dataset: str = "digits", out: Path | str = "runs/demo", *, seed: in
 
         def train_fn(x, y, recipe=recipe, params=params):
             torch.manual_seed(seed)
-            mean, std = _normalisation(x)
+            mean, std = normalization_stats(x)
             m = build_model(model_spec(p.model, train_ds, mean=mean, std=std))
             return Trainer(m, (x, y), recipe=recipe, recipe_params=params, threat=threat,
                            epochs=p.equipment_epochs, batch_size=p.batch_size, lr=p.lr, seed=seed,
@@ -118,57 +121,5 @@ def run_demo(dataset: str = "digits", out: Path | str = "runs/demo", *, seed: in
     results["demo"]["seconds"] = round(time.perf_counter() - t_start, 1)
     atomic_write_json(out / "results.json", results)
     save_artifacts(out / "artifacts.npz", artifacts)
-    from .report import write_report
-
     write_report(results, out / "report.html", artifacts, title=f"armor demo: {p.dataset}")
     return results
-
-
-def claims(models: dict[str, dict[str, Any]], baseline: str, hardened: str) -> dict[str, Any]:
-    """The claims section: hardened minus baseline on the same points, and the train-A/test-B matrix."""
-    b, h = models[baseline], models[hardened]
-
-    def diff(get):
-        try:
-            return get(h) - get(b)
-        except (KeyError, TypeError):
-            return None
-
-    columns = []
-    for m in models.values():
-        columns += [a for a in m["per_attack"] if a not in columns]
-    rows = {}
-    for name, m in models.items():
-        row = {a: r.get("accuracy") for a, r in m["per_attack"].items()}
-        row["worst case"] = m["robust_accuracy"]
-        if "l2_robust_accuracy" in m:
-            row["apgd-ce (l2)"] = m["l2_robust_accuracy"]
-        rows[f"{name}: {_trained_with(m)}"] = row
-    columns += ["worst case"] + (["apgd-ce (l2)"] if any("l2_robust_accuracy" in m for m in models.values()) else [])
-    return {
-        "baseline": baseline,
-        "hardened": hardened,
-        "robustness_gain": diff(lambda m: m["robust_accuracy"]),
-        "shift_gain": diff(lambda m: m["shift"]["mean_accuracy"]),
-        "equipment_gain": diff(lambda m: m["equipment"]["out_of_device_accuracy"]),
-        "ece_change": diff(lambda m: m["calibration"]["clean"]["ece"]),
-        "cost_ratio": (h["train_seconds"] / b["train_seconds"]) if b.get("train_seconds") else None,
-        "pass_ratio": h.get("cost", {}).get("pass_ratio"),
-        "clean_accuracy_change": diff(lambda m: m["clean_accuracy"]),
-        "attack_matrix": {"columns": columns, "rows": rows},
-    }
-
-
-def _trained_with(entry: dict[str, Any]) -> str:
-    """How a model was trained, in attack terms, for the rows of the train-A/test-B matrix."""
-    recipe, params = entry.get("recipe"), entry.get("recipe_params") or {}
-    norm = entry.get("threat_model", {}).get("norm", "")
-    if recipe == "standard":
-        return "no attack"
-    if recipe == "fast-at":
-        return f"FGSM-RS {norm}"
-    if recipe == "pgd-at":
-        ratio = params.get("adv_ratio")
-        mix = f", {ratio:.0%} adv" if ratio is not None else ""
-        return f"PGD-{params.get('steps', 10)} {norm}{mix}"
-    return recipe or "?"

@@ -38,7 +38,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from ..threat import Norm, ThreatModel
+from ...threat import Norm, ThreatModel
 from .schema import RELATION_TOL, Schema, as_schema
 
 DEP_SLACK = 1e-3  # a dependent feature's budget exceeds its terms' sum by 0.1%, so rounding never breaks the ball
@@ -47,7 +47,7 @@ _BISECT = 12  # bisection steps of the fallback: the kept move is within 1/4096 
 
 
 class TabularConstraints:
-    """The constraints of a fitted :class:`~armor.tabular.Schema`, in the form a ThreatModel applies.
+    """The constraints of a fitted :class:`~armor.domains.tabular.Schema`, in the form a ThreatModel applies.
 
     Arguments:
         schema: a fitted schema (numeric bounds), a TOML path or a dict.
@@ -300,7 +300,7 @@ class TabularConstraints:
         """Per-sample, per-feature interval each coordinate may take under ``threat`` (ignoring relations):
         the eps ball, the bounds, immutables and monotone rules. Dependent features are pinned (recomputed)."""
         t = self._t(x.device)
-        eps = torch.as_tensor(threat._eps(x), dtype=x.dtype, device=x.device)
+        eps = threat.eps_tensor(x)
         lo = torch.maximum(x - eps, t["lo"].to(x.dtype))
         hi = torch.minimum(x + eps, t["hi"].to(x.dtype))
         pinned = t["immutable"] | t["dependent"]
@@ -314,7 +314,7 @@ class TabularConstraints:
         """Per categorical group: may the attacker switch its category under ``threat``? A switch moves two
         one-hot columns by 1, so it needs the group mutable and a budget >= 1 on every member."""
         t = self._t(like.device)
-        eps = torch.as_tensor(threat._eps(like), dtype=like.dtype, device=like.device).expand(like.shape[1])
+        eps = threat.eps_tensor(like).expand(like.shape[1])
         return [bool(m) and bool((eps[idx] >= 1).all()) for idx, m in t["groups"]]
 
     def discretize(self, z: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,

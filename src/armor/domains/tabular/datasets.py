@@ -27,8 +27,8 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from ..data.base import Dataset, stratified_split
-from ..threat import ThreatModel
+from ...data.base import Dataset, stratified_split
+from ...threat import ThreatModel
 from .constraints import threat_from_schema
 from .schema import Schema, load_schema
 
@@ -36,8 +36,8 @@ _MISSING = {"", "na", "n/a", "nan", "null", "?"}  # in numeric columns; a catego
 
 
 def schema_path(filename: str) -> Path:
-    """Path of a schema shipped with armor (``armor/tabular/schemas/<filename>``)."""
-    p = Path(str(resources.files("armor.tabular") / "schemas" / filename))
+    """Path of a schema shipped with armor (``armor/domains/tabular/schemas/<filename>``)."""
+    p = Path(str(resources.files("armor.domains.tabular") / "schemas" / filename))
     if not p.is_file():
         raise FileNotFoundError(f"armor ships no schema {filename!r}")
     return p
@@ -245,7 +245,7 @@ def german_credit(data_dir: Any = None) -> TabularData:
             default: the copy shipped with armor.
     """
     schema = load_schema(schema_path("german_credit.toml"))
-    path = Path(data_dir) if data_dir is not None else Path(str(resources.files("armor.tabular") / "data" /
+    path = Path(data_dir) if data_dir is not None else Path(str(resources.files("armor.domains.tabular") / "data" /
                                                                 "german_credit.csv.gz"))
     x, y = _read_cached(path, schema, label_map={"good": 0, "bad": 1})
     return _make("german-credit", x, y, schema, _split(y))
@@ -329,28 +329,5 @@ def load_tabular(name: str, data_dir: Any = None, **options: Any) -> TabularData
     return TABULAR_DATASETS[name][0](data_dir, **options)
 
 
-def _split_loader(name: str) -> Callable[..., Dataset]:
-    def load(split: str, data_dir: Any = None) -> Dataset:
-        data = load_tabular(name, data_dir)
-        return data.train if split == "train" else data.test
-
-    load.__name__ = f"load_{name.replace('-', '_')}"
-    load.__doc__ = f"Split ``split`` of tabular dataset {name!r} in raw units (see armor.tabular)."
-    return load
-
-
-def register(replace: bool = False) -> None:
-    """Add the tabular datasets to :data:`armor.data.DATASETS` with the ``loader(split, data_dir)`` signature.
-
-    Arguments:
-        replace: also replace entries that already exist (armor.data's min-max scaled breast-cancer).
-    """
-    from .. import data
-
-    for name, (_, desc) in TABULAR_DATASETS.items():
-        if replace or name not in data.DATASETS:
-            data.DATASETS[name] = (_split_loader(name), desc)
-
-
 __all__ = ["TABULAR_DATASETS", "TabularData", "breast_cancer", "credit_card_csv", "german_credit", "load_tabular",
-           "make_synthetic_fraud", "mlp_spec", "read_table", "register", "schema_path", "synthetic_fraud"]
+           "make_synthetic_fraud", "mlp_spec", "read_table", "schema_path", "synthetic_fraud"]

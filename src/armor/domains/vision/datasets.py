@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Dataset, stratified_split
+from ...data.base import Dataset, stratified_split
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 USER_DATA_DIR = Path.home() / ".armor" / "data"

@@ -1,7 +1,7 @@
 """`armor train`: a typed function (:func:`train_command`) and its typer registration.
 
-The lead's CLI calls :func:`build_typer_command` on the main app. This module also runs on its own
-(``python -m armor.training.cli --dataset digits ...``), which the resume and DDP tests use.
+The CLI calls :func:`build_typer_command` on the main app. This module also runs on its own
+(``python -m armor.app.train_cli --dataset digits ...``), which the resume and DDP tests use.
 """
 
 # No `from __future__ import annotations`: typer evaluates the Annotated options at definition time.
@@ -23,7 +23,7 @@ def train_command(*, config: Optional[Path] = None, resume: Optional[Path] = Non
     Returns:
         The run directory.
     """
-    from .checkpoint import CONFIG
+    from ..training.checkpoint import CONFIG
     from .config import train
 
     unknown = sorted(set(options) - set(FIELDS))
@@ -111,8 +111,7 @@ def build_typer_command(app: Any) -> None:
         options = {k: v for k, v in locals().items() if k in FIELDS}
         from rich.console import Console
 
-        from .checkpoint import CheckpointError
-        from .trainer import NonFiniteLossError
+        from ..training import CheckpointError, NonFiniteLossError
 
         err = Console(stderr=True)
         try:

@@ -17,7 +17,7 @@ REQUIRED = ("clean_accuracy", "robust_accuracy", "per_attack", "threat_model", "
 
 
 def stamp(obj: dict[str, Any]) -> dict[str, Any]:
-    from . import __version__
+    from .. import __version__
 
     return {"schema": SCHEMA, "armor_version": __version__, **obj}
 
@@ -56,7 +56,7 @@ def models_of(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

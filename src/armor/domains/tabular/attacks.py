@@ -1,7 +1,7 @@
 """Attacks that respect domain constraints: constrained PGD and a constrained genetic search.
 
 Both are pure functions ``attack(model, x, y, threat, *, ..., generator=None) -> x_adv`` like the rest of
-:mod:`armor.attacks`, for threats built by :func:`armor.tabular.threat_from_schema`. Every point they return
+:mod:`armor.attacks`, for threats built by :func:`armor.domains.tabular.threat_from_schema`. Every point they return
 went through ``threat.project`` last, so it lies in the eps ball and satisfies every constraint.
 
 Generic attacks (``pgd``, ``apgd``) also stay feasible under a tabular threat, since the projection repairs,
@@ -17,9 +17,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..attacks import AttackSpec
-from ..attacks._core import attack_mode, check_logits, default_generator, get_loss, is_fooled, prepare
-from ..threat import Norm, ThreatModel
+from ...attacks import AttackSpec
+from ...attacks import attack_mode, check_logits, default_generator, get_loss, is_fooled, prepare
+from ...threat import Norm, ThreatModel
 from .constraints import TabularConstraints
 
 
@@ -28,7 +28,7 @@ def _constraints(threat: ThreatModel, x: torch.Tensor) -> TabularConstraints:
     every repair's fallback, so an infeasible one would leak into the results."""
     if threat.norm is not Norm.LINF or not isinstance(threat.constraints, TabularConstraints):
         raise ValueError("constrained tabular attacks need a linf threat with tabular constraints: build it with "
-                         "armor.tabular.threat_from_schema(schema, eps, data=x_train)")
+                         "armor.domains.tabular.threat_from_schema(schema, eps, data=x_train)")
     cons = threat.constraints
     bad = {k: v for k, v in cons.violations(x, x).items() if v.any()}
     if bad:
@@ -77,7 +77,7 @@ def constrained_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: 
     loss_fn = get_loss(loss)
     alpha = 2.5 / steps if step_size is None else float(step_size)
     n, d = x.shape
-    eps = torch.as_tensor(threat._eps(x), dtype=x.dtype, device=x.device).expand(d)
+    eps = threat.eps_tensor(x).expand(d)
     lo, hi = cons.box(x, threat)
     switch = cons.switchable(threat, x)
     best_x = x.clone()
@@ -309,13 +309,4 @@ TABULAR_ATTACKS: dict[str, AttackSpec] = {
 }
 
 
-def register() -> None:
-    """Add the tabular attacks to :data:`armor.attacks.ATTACKS` (idempotent), so that ``armor.evaluate`` and
-    the CLI can run them by name."""
-    from .. import attacks
-
-    for name, spec in TABULAR_ATTACKS.items():
-        attacks.ATTACKS.setdefault(name, spec)
-
-
-__all__ = ["TABULAR_ATTACKS", "constrained_pgd", "constrained_search", "register"]
+__all__ = ["TABULAR_ATTACKS", "constrained_pgd", "constrained_search"]

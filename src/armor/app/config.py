@@ -172,25 +172,6 @@ def resolve_config(options: dict[str, Any], config_file: Union[str, Path, None] 
     return TrainConfig(**merged)
 
 
-def dump_toml(config: Union[TrainConfig, dict[str, Any]]) -> str:
-    """The configuration as TOML (``None`` values are left out: absent means default)."""
-    data = config.to_dict() if isinstance(config, TrainConfig) else config
-    lines = ["# armor train configuration (resolved); rerun with: armor train --config config.toml"]
-    for key, value in data.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"config {key} = {value} cannot be written to TOML")
-            text = repr(value)
-        else:
-            text = json.dumps(str(value))  # a JSON string is a valid TOML basic string
-        lines.append(f"{key} = {text}")
-    return "\n".join(lines) + "\n"
-
-
 def normalization_stats(x) -> tuple[list[float], list[float]]:
     """Mean and std of the training inputs, per channel for images and per feature for tables."""
     if x.dim() == 4:
@@ -204,11 +185,12 @@ def normalization_stats(x) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.clamp_min(0.05).tolist()
 
 
-_normalisation = normalization_stats  # the name armor.demo imports
-
-
 def train(config: Union[TrainConfig, dict[str, Any]], *, resume: bool = False):
     """Train a model as `armor train` does: load the dataset, build the model, run the :class:`Trainer`.
+
+    The dataset's domain decides what ``eps`` means (:attr:`armor.plugins.DatasetSpec.threat`): input units
+    for images, standard deviations per feature for tables. The run records the exact threat it built in
+    its metadata, so that ``armor evaluate RUN`` evaluates that threat.
 
     Arguments:
         config: a :class:`TrainConfig` (or a dict of its fields). ``config.out`` is the run directory.
@@ -216,39 +198,37 @@ def train(config: Union[TrainConfig, dict[str, Any]], *, resume: bool = False):
     Returns:
         The :class:`~armor.training.trainer.TrainResult`.
     """
+    import os
+
     import torch
 
-    from ..data import load_dataset
-    from ..models import build_model, default_model_for, model_spec
-    from ..threat import ThreatModel
-    from .trainer import Trainer
+    from ..data import dataset_spec, load_dataset
+    from ..models import build_model, model_spec
+    from ..training import Trainer
+    from .rundir import build_threat
 
     if isinstance(config, dict):
         config = TrainConfig(**config_from_mapping(config))
     recipe_params = config.recipe_params()
-    from ..tabular import TABULAR_DATASETS, load_tabular
-
-    # Tabular data come in raw units with a schema: the threat carries its constraints and per-feature eps
-    # (config.eps in standard deviations), and the model standardises with the schema's statistics.
-    tab = load_tabular(config.dataset, config.data_dir) if config.dataset in TABULAR_DATASETS else None
-    ds = tab.train if tab is not None else load_dataset(config.dataset, "train", data_dir=config.data_dir,
-                                                        seed=config.seed)
+    if config.out is None:
+        raise ValueError("pass --out DIR: the run directory for weights, metrics and checkpoints")
+    spec = dataset_spec(config.dataset)
+    ds = load_dataset(config.dataset, "train", data_dir=config.data_dir, seed=config.seed)
     if config.n_train is not None:
         if config.n_train < 1:
             raise ValueError(f"n_train must be >= 1, got {config.n_train}")
         # A seeded random subset: the first n could follow the file's class order.
         g = torch.Generator().manual_seed(config.seed)
         ds = ds.subset(torch.randperm(len(ds), generator=g)[:config.n_train].sort().values)
-    if tab is not None and config.norm != "linf":
-        raise ValueError(f"tabular datasets use per-feature linf budgets; got --norm {config.norm}")
-    threat = tab.threat(config.eps) if tab is not None else ThreatModel(config.norm, config.eps)
-    name = config.model or default_model_for(config.dataset)
-    extra: dict[str, Any] = {}
-    if tab is not None:
-        spec = tab.model_spec()
-        extra["mean"], extra["std"] = spec["mean"], spec["std"]
+    threat = build_threat(config.dataset, config.norm, config.eps, config.data_dir)
+    name = config.model or spec.default_model
+    if spec.model_options is not None:
+        extra = spec.model_options(ds, config.data_dir)
     elif config.normalize:
-        extra["mean"], extra["std"] = normalization_stats(ds.x)
+        mean, std = normalization_stats(ds.x)
+        extra = {"mean": mean, "std": std}
+    else:
+        extra = {}
     torch.manual_seed(config.seed)  # the weight initialisation
     model = build_model(model_spec(name, ds, **extra))
     if config.device == "auto":
@@ -258,11 +238,8 @@ def train(config: Union[TrainConfig, dict[str, Any]], *, resume: bool = False):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     info = {"dataset": {"name": config.dataset, "data_dir": config.data_dir, "n_train": config.n_train,
-                        "split": "train"}}
-    if config.out is None:
-        raise ValueError("pass --out DIR: the run directory for weights, metrics and checkpoints")
-    import os
-
+                        "split": "train"},
+            "threat": {"norm": config.norm, "eps": config.eps, "eps_unit": spec.eps_unit}}
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":
         device = None  # the trainer picks cuda:LOCAL_RANK
     trainer = Trainer(model, ds, recipe=config.recipe, recipe_params=recipe_params, threat=threat,

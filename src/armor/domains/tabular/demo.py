@@ -14,11 +14,14 @@ from typing import Any, Callable
 
 import torch
 
-from ..measure import add_cost, measure, run_info
-from ..results import stamp
-from ..utils import atomic_write_json
+from ...app.claims import claims
+from ...app.config import TrainConfig, train
+from ...app.measure import add_cost, measure, measurements_for
+from ...app.report import write_report
+from ...app.results import stamp
+from ...app.rundir import RunDir
+from ...utils import atomic_write_json
 from .datasets import load_tabular
-from .metrics import tabular_summary
 
 DEMOS = {"breast-cancer": {"epochs": 30}, "fraud": {"epochs": 15}}
 RECIPES = (("standard", "standard"), ("pgd-at", "pgd-at"), ("cpgd-at", "cpgd-at"))
@@ -29,11 +32,6 @@ DEMO_ATTACKS = {"csearch": {"population": 24, "generations": 20}}
 def run_tabular_demo(dataset: str = "breast-cancer", out: Path | str = "runs/demo", *, seed: int = 0,
                      quiet: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the tabular demo end to end; returns the results dict (also written to OUT/results.json)."""
-    from ..demo import claims
-    from ..report import write_report
-    from ..training import load, load_metadata
-    from ..training.config import TrainConfig, train
-
     if dataset not in DEMOS:
         raise ValueError(f"the tabular demo knows {', '.join(DEMOS)}; got {dataset!r}")
     torch.set_num_threads(1)  # small MLPs: intra-op threads cost more than they save
@@ -43,7 +41,6 @@ def run_tabular_demo(dataset: str = "breast-cancer", out: Path | str = "runs/dem
     eps = tab.schema.eps if tab.schema.eps is not None else 0.5
     threat = tab.threat(eps)
     test = tab.test
-    positive = tab.schema.positive_class
     if "SYNTHETIC" in (tab.schema.name or "").upper() or dataset == "fraud":
         say("NOTE: no real fraud data ships with any installable package; this demo uses a SYNTHETIC, clearly "
             "labelled imbalanced set with realistic constraints (see `armor list datasets`).")
@@ -52,27 +49,11 @@ def run_tabular_demo(dataset: str = "breast-cancer", out: Path | str = "runs/dem
         say(f"[{name}] training ({recipe}, {DEMOS[dataset]['epochs']} epochs on {dataset}, eps {eps} std)")
         train(TrainConfig(dataset=dataset, recipe=recipe, eps=eps, epochs=DEMOS[dataset]["epochs"],
                           batch_size=64, optimizer="adam", seed=seed, out=str(out / name), quiet=quiet))
-        model, meta = load(out / name), load_metadata(out / name)
+        run = RunDir(out / name)
         say(f"[{name}] measuring: constrained worst case, calibration, masking checks, recall under attack")
-        entry, _ = measure(model, test, threat, suite="tabular", n=None, seed=seed, attack_kwargs=DEMO_ATTACKS,
-                           masking_n=min(200, len(test)))
-        summary = tabular_summary(model, test.x, test.y, threat, positive=positive, seed=seed,
-                                  attack_kwargs=DEMO_ATTACKS)
-        recall = summary.get("recall") or {}
-        entry.update(run_info(out / name, meta))
-        entry["tabular"] = {
-            "constraint_satisfaction": entry.get("constraint_satisfaction"),
-            "recall_clean": recall.get("clean_recall"),
-            "recall_attacked": recall.get("recall_under_attack"),
-            "positive_class": positive,
-            "constrained_robust_accuracy": summary["constrained_robust_accuracy"],
-            "unconstrained_robust_accuracy": summary["unconstrained_robust_accuracy"],
-            "moved": [{"feature": f, "share_moved": v["moved"], "mean_abs_change": v["mean_abs_std"],
-                       "max_abs_change": v["max_abs_std"]}
-                      for f, v in (summary["moved_features"].get("per_feature") or {}).items()],
-            "categorical_switches": summary["moved_features"].get("categorical_switches"),
-            "synthetic": dataset == "fraud",
-        }
+        entry, _ = measure(run.model(), test, threat, suite="tabular", measurements=measurements_for(dataset), n=None,
+                           seed=seed, attack_kwargs=DEMO_ATTACKS, masking_n=min(200, len(test)))
+        entry.update(run.info())
         models[name] = entry
     add_cost(models)
     c = claims(models, "standard", "cpgd-at")

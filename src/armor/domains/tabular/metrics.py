@@ -12,10 +12,9 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from ..attacks._core import attack_mode
-from ..evaluate import EvalResult, evaluate
-from ..threat import ThreatModel
-from .attacks import register
+from ...engine import predict_logits
+from ...evaluate import EvalResult, evaluate
+from ...threat import ThreatModel
 from .constraints import TabularConstraints, relaxed_threat
 from .schema import Schema
 
@@ -24,9 +23,9 @@ UNCONSTRAINED_SUITE = ("apgd-ce", "pgd-margin")  # DLR needs >= 3 classes; these
 
 
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    with attack_mode(model), torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)]) \
-            if x.shape[0] else torch.empty(0, dtype=torch.long)
+    if x.shape[0] == 0:
+        return torch.empty(0, dtype=torch.long)
+    return predict_logits(model, x, batch_size).argmax(1).cpu()
 
 
 def constrained_robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
@@ -37,14 +36,13 @@ def constrained_robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tens
 
     Arguments:
         model: takes raw features. x, y: clean rows and labels. threat: from ``threat_from_schema``.
-        attacks: attack names (the tabular ones are registered on first use). seed, attack_kwargs,
+        attacks: attack names. seed, attack_kwargs,
             batch_size: as in :func:`armor.evaluate`.
     Returns:
         The :class:`armor.EvalResult` (``keep_adv``: ``x_adv`` holds the successful examples).
     """
     if not isinstance(threat.constraints, TabularConstraints):
-        raise ValueError("constrained_robust_accuracy needs a threat from armor.tabular.threat_from_schema")
-    register()
+        raise ValueError("constrained_robust_accuracy needs a threat from armor.domains.tabular.threat_from_schema")
     return evaluate(model, (x, y), threat, suite=list(attacks), seed=seed, attack_kwargs=attack_kwargs,
                     keep_adv=True, batch_size=batch_size)
 
@@ -73,14 +71,28 @@ def recall_under_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thre
         attacked); ``per_attack`` (the evaluator's records on the positives); ``x_adv`` (positives' examples).
     """
     pos = y == positive
-    n_pos = int(pos.sum())
-    if n_pos == 0:
+    if int(pos.sum()) == 0:
         raise ValueError(f"no rows of the positive class {positive}: nothing to attack")
-    pred = _predict(model, x)
+    res = constrained_robust_accuracy(model, x[pos], y[pos], threat, attacks, seed=seed, attack_kwargs=attack_kwargs)
+    out = recall_from_robust(_predict(model, x), y, pos.nonzero().squeeze(1), res.robust, positive)
+    out.update(per_attack=res.per_attack, x_adv=res.x_adv)
+    return out
+
+
+def recall_from_robust(pred: torch.Tensor, y: torch.Tensor, pos_idx: torch.Tensor, pos_robust: torch.Tensor,
+                       positive: int) -> dict[str, Any]:
+    """Recall and precision before and under a one-directional attack, from the clean predictions of every
+    row and the worst-case robustness of the positive rows (``pos_robust[i]`` for row ``pos_idx[i]``).
+
+    Negatives are not attacked, so only true positives change."""
+    pred, y = pred.cpu(), y.cpu()
+    pos = y == positive
+    n_pos = int(pos.sum())
+    if n_pos == 0 or pos_idx.numel() != n_pos:
+        raise ValueError(f"recall needs the robustness of every row of the positive class {positive}")
     neg_flagged = int(((pred == positive) & ~pos).sum())
     clean_tp = int(((pred == positive) & pos).sum())
-    res = constrained_robust_accuracy(model, x[pos], y[pos], threat, attacks, seed=seed, attack_kwargs=attack_kwargs)
-    adv_tp = int(res.robust.sum())
+    adv_tp = int(pos_robust.cpu().sum())
     neg_correct = int(((pred == y) & ~pos).sum())
 
     def ratio(a: int, b: int) -> Optional[float]:
@@ -95,8 +107,6 @@ def recall_under_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thre
         "clean_precision": ratio(clean_tp, clean_tp + neg_flagged),
         "precision_under_attack": ratio(adv_tp, adv_tp + neg_flagged),
         "directional_robust_accuracy": (neg_correct + adv_tp) / int(y.numel()),
-        "per_attack": res.per_attack,
-        "x_adv": res.x_adv,
     }
 
 
@@ -147,8 +157,13 @@ def moved_feature_stats(x: torch.Tensor, x_adv: torch.Tensor, schema: Schema, to
 def tabular_summary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
                     positive: Optional[int] = None, attacks: Sequence[str] = CONSTRAINED_SUITE,
                     unconstrained_attacks: Sequence[str] = UNCONSTRAINED_SUITE, seed: int = 0,
-                    attack_kwargs: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
+                    attack_kwargs: Optional[dict[str, dict[str, Any]]] = None,
+                    result: Optional[EvalResult] = None) -> dict[str, Any]:
     """Everything a report section needs, JSON-serialisable.
+
+    ``result``: a worst-case evaluation of the same rows under ``threat`` with ``keep_adv`` (e.g. the one
+    ``armor evaluate`` already ran); it is reused, so the constrained suite runs once, and recall under attack
+    is read from its positive rows (an untargeted attack on a binary task is the one-directional one).
 
     Returns:
         ``clean_accuracy``, ``constrained_robust_accuracy`` (also as ``robust_accuracy``),
@@ -158,8 +173,11 @@ def tabular_summary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: 
     """
     cons = threat.constraints
     if not isinstance(cons, TabularConstraints):
-        raise ValueError("tabular_summary needs a threat from armor.tabular.threat_from_schema")
-    res = constrained_robust_accuracy(model, x, y, threat, attacks, seed=seed, attack_kwargs=attack_kwargs)
+        raise ValueError("tabular_summary needs a threat from armor.domains.tabular.threat_from_schema")
+    res = result if result is not None else constrained_robust_accuracy(model, x, y, threat, attacks, seed=seed,
+                                                                          attack_kwargs=attack_kwargs)
+    if res.x_adv is None or res.robust is None:
+        raise ValueError("tabular_summary needs an evaluation run with keep_adv=True")
     unc = unconstrained_robust_accuracy(model, x, y, threat, unconstrained_attacks, seed=seed)
     out: dict[str, Any] = {
         "dataset": cons.schema.name,
@@ -174,11 +192,11 @@ def tabular_summary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: 
         "threat_model": res.threat_model,
     }
     if positive is not None:
-        rec = recall_under_attack(model, x, y, threat, positive, attacks, seed=seed, attack_kwargs=attack_kwargs)
-        rec.pop("x_adv")
-        out["recall"] = rec
+        pos_idx = (y.cpu() == positive).nonzero().squeeze(1)
+        if pos_idx.numel():
+            out["recall"] = recall_from_robust(_predict(model, x), y, pos_idx, res.robust.cpu()[pos_idx], positive)
     return out
 
 
 __all__ = ["CONSTRAINED_SUITE", "UNCONSTRAINED_SUITE", "constrained_robust_accuracy", "moved_feature_stats",
-           "recall_under_attack", "tabular_summary", "unconstrained_robust_accuracy"]
+           "recall_from_robust", "recall_under_attack", "tabular_summary", "unconstrained_robust_accuracy"]

@@ -13,6 +13,9 @@ from typing import Any, Optional
 
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
+
+from ...plugins import domains
 
 from . import plots
 
@@ -103,14 +106,14 @@ def _interp_figures(entry: dict[str, Any], art: dict[str, Any]) -> dict[str, Any
 def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[str, Any]]] = None,
                   title: str = "armor robustness report") -> str:
     """Render the report HTML from a results dict (``{"models": {...}, "claims": {...}}`` or one model entry)."""
-    from .. import __version__
+    from ... import __version__
 
     models = results["models"] if "models" in results else {results.get("name", "model"): results}
     if not models:
         raise ValueError("the results hold no model to report on")
     artifacts = artifacts or {}
     claims = results.get("claims")
-    env = Environment(loader=PackageLoader("armor", "report/templates"), autoescape=select_autoescape(["html", "j2"]),
+    env = Environment(loader=PackageLoader("armor.app", "report/templates"), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.globals.update(pct=_pct, num=_num, secs=_secs, pp=_pp)
     figs = {"attacks": plots.attack_bars(models), "curves": plots.curves(models),
@@ -121,7 +124,13 @@ def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[st
             {n: {str(k): v for k, v in e.get("per_device", {}).items()} for n, e in equipment.items()},
             "accuracy")
     interp = {n: _interp_figures(models[n], artifacts[n]) for n in models if n in artifacts}
-    tabular = {n: m["tabular"] for n, m in models.items() if m.get("tabular")}
+    sections = []
+    for domain in domains().values():
+        for sec in domain.report:
+            ctx = sec.context(models, artifacts)
+            if ctx is not None:
+                html = Markup(env.from_string(sec.template).render(**ctx))
+                sections.append({"id": sec.id, "title": sec.title, "html": html})
     first = next(iter(models.values()))
     tm = first.get("threat_model") or {}
     threat = f"{tm.get('norm', '?')}, eps={tm.get('eps', '?')}" if tm else ""
@@ -129,13 +138,13 @@ def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[st
     return env.get_template("report.html.j2").render(
         title=title, version=__version__, generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         models=models, claims=claims, claim_cards=_claim_cards(claims) if claims else [], figs=figs,
-        equipment=equipment, interp=interp, tabular=tabular, dataset=results.get("dataset") or first.get("dataset"),
+        equipment=equipment, interp=interp, sections=sections, dataset=results.get("dataset") or first.get("dataset"),
         threat=threat, suite=suite, check_help=CHECK_HELP)
 
 
 def write_report(results: dict[str, Any], out: Path | str, artifacts: Optional[dict[str, dict[str, Any]]] = None,
                  title: str = "armor robustness report") -> Path:
-    from ..utils import atomic_write_text
+    from ...utils import atomic_write_text
 
     out = Path(out)
     atomic_write_text(out, render_report(results, artifacts, title))

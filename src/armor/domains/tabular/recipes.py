@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..threat import ThreatModel
-from ..training.recipes import PGDAT
+from ...threat import ThreatModel
+from ...training.recipes import PGDAT
 from .attacks import constrained_pgd
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..training.trainer import StepContext
+    from ...training.trainer import StepContext
 
 
 class ConstrainedPGDAT(PGDAT):
@@ -32,11 +32,4 @@ class ConstrainedPGDAT(PGDAT):
                                random_start=self.random_start, early_stop=False, generator=ctx.generator)
 
 
-def register() -> None:
-    """Add ``cpgd-at`` to :data:`armor.training.RECIPES` (idempotent)."""
-    from ..training import recipes
-
-    recipes.RECIPES.setdefault(ConstrainedPGDAT.name, ConstrainedPGDAT)
-
-
-__all__ = ["ConstrainedPGDAT", "register"]
+__all__ = ["ConstrainedPGDAT"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ class What(str, Enum):
     datasets = "datasets"
     models = "models"
     suites = "suites"
+    demos = "demos"
 
 
 class NormOpt(str, Enum):
@@ -45,26 +46,30 @@ class NormOpt(str, Enum):
 
 @app.command("list")
 def list_cmd(what: Annotated[What, typer.Argument(help="What to list.")]) -> None:
-    """List the available attacks, training recipes, datasets, models or evaluation suites."""
+    """List the available attacks, training recipes, datasets, models, evaluation suites or demos."""
     rows: list[tuple[str, str]]
     if what is What.attacks:
-        from .attacks import ATTACKS
+        from ..attacks import all_attacks
 
-        rows = [(n, f"{s.description} [norms: {', '.join(s.norms)}]") for n, s in ATTACKS.items()]
+        rows = [(n, f"{s.description} [norms: {', '.join(s.norms)}]") for n, s in all_attacks().items()]
     elif what is What.suites:
-        from .evaluate import SUITES
+        from ..evaluate import all_suites
 
-        rows = [(n, "; ".join(f"{norm}: {', '.join(a)}" for norm, a in s.items())) for n, s in SUITES.items()]
+        rows = [(n, "; ".join(f"{norm}: {', '.join(a)}" for norm, a in s.items())) for n, s in all_suites().items()]
     elif what is What.datasets:
-        from .data import list_datasets
+        from ..data import all_datasets
 
-        rows = list(list_datasets())
+        rows = [(n, f"{s.description} [eps in {s.eps_unit}]") for n, s in all_datasets().items()]
+    elif what is What.demos:
+        from ..plugins import domains
+
+        rows = [(n, f"{d.name} domain: {d.description}") for d in domains().values() for n in d.demos]
     elif what is What.models:
-        from .models import list_models
+        from ..models import list_models
 
         rows = list(list_models())
     else:
-        from .training import list_recipes
+        from ..training import list_recipes
 
         rows = list(list_recipes())
     table = Table(title=f"armor {what.value}", show_lines=False)
@@ -76,7 +81,7 @@ def list_cmd(what: Annotated[What, typer.Argument(help="What to list.")]) -> Non
 
 
 def _register_train() -> None:
-    from .training.cli import build_typer_command
+    from .train_cli import build_typer_command
 
     build_typer_command(app)
 
@@ -84,34 +89,16 @@ def _register_train() -> None:
 _register_train()
 
 
-def _load_run(run_dir: Path):
-    from .training import load, load_metadata
+def _run(run_dir: Path):
+    from ..training import CheckpointError
+    from .rundir import RunDir
 
+    run = RunDir(run_dir)
     try:
-        model = load(run_dir)
-        meta = load_metadata(run_dir)
-    except (FileNotFoundError, ValueError) as e:
+        run.metadata
+    except (FileNotFoundError, ValueError, CheckpointError) as e:
         fail(str(e))
-    return model, meta
-
-
-def _run_data(meta: dict, dataset: Optional[str], split: str, data_dir: Optional[Path], n: Optional[int]):
-    from .measure import dataset_for_run
-
-    try:
-        ds = dataset_for_run(meta, split, dataset, str(data_dir) if data_dir else None)
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    return ds if n is None else ds.subset(n)
-
-
-def _threat(meta: dict, norm: Optional[NormOpt], eps: Optional[float]):
-    from .measure import threat_for_run
-
-    try:
-        return threat_for_run(meta, norm.value if norm else None, eps)
-    except ValueError as e:
-        fail(str(e))
+    return run
 
 
 @app.command()
@@ -131,21 +118,22 @@ def attack(
     import io
 
     import numpy as np
-    import torch
 
-    from .attacks import get_attack
-    from .utils import atomic_write_bytes
+    from ..attacks import get_attack
+    from ..engine import attack_dataset, predict_logits
+    from ..utils import atomic_write_bytes
 
-    model, meta = _load_run(run_dir)
-    ds = _run_data(meta, dataset, split, data_dir, n)
-    threat = _threat(meta, norm, eps)
+    run = _run(run_dir)
     try:
-        fn = get_attack(attack_name)
-        x_adv = fn(model, ds.x, ds.y, threat, generator=torch.Generator().manual_seed(seed))
-    except ValueError as e:
+        model = run.model()
+        ds = run.dataset(split, dataset, str(data_dir) if data_dir else None)
+        ds = ds if n is None else ds.subset(n)
+        threat = run.threat(norm.value if norm else None, eps)
+        x_adv = attack_dataset(model, get_attack(attack_name), ds.x, ds.y, threat, seed=seed, name=attack_name)
+    except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    with torch.no_grad():
-        pred_clean, pred_adv = model(ds.x).argmax(1), model(x_adv).argmax(1)
+    pred_clean = predict_logits(model, ds.x).argmax(1).cpu()
+    pred_adv = predict_logits(model, x_adv).argmax(1).cpu()
     buf = io.BytesIO()
     np.savez_compressed(buf, x=ds.x.numpy(), y=ds.y.numpy(), x_adv=x_adv.numpy(), pred_clean=pred_clean.numpy(),
                         pred_adv=pred_adv.numpy())
@@ -158,7 +146,7 @@ def attack(
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `armor train`.")],
-    suite: Annotated[Optional[str], typer.Option(help="'standard', 'fast', 'tabular', or comma-separated attack names (default: standard; tabular for constrained threats).")] = None,
+    suite: Annotated[Optional[str], typer.Option(help="A suite (see `armor list suites`) or comma-separated attack names (default: the one the dataset's domain asks for; standard for images, tabular for tables).")] = None,
     norm: Annotated[Optional[NormOpt], typer.Option(help="Threat norm; defaults to the run's training norm.")] = None,
     eps: Annotated[Optional[float], typer.Option(help="Radius in input units; defaults to the run's training eps.")] = None,
     eps_grid: Annotated[Optional[str], typer.Option(help="Comma-separated eps values for the accuracy-vs-eps curve (default: 0 to 2x eps).")] = None,
@@ -175,9 +163,10 @@ def evaluate(
 
     Writes OUT/results.json (and OUT/artifacts.npz with the images the report draws).
     """
-    from .measure import add_cost, measure_run, save_artifacts
+    from ..utils import atomic_write_json
+    from .measure import add_cost, measure_run
     from .results import stamp
-    from .utils import atomic_write_json
+    from .rundir import save_artifacts
 
     grid = None
     if eps_grid is not None:
@@ -207,12 +196,6 @@ def evaluate(
     for f in entry.get("masking_flags", []):
         err.print(f"[bold yellow]masking flag[/] {f['name']}: {f['message']}")
     console.print(f"wrote {out / 'results.json'}")
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def _print_eval(result: dict) -> None:
@@ -271,6 +254,7 @@ def report(
     """Compare several evaluated models side by side in one self-contained HTML file."""
     from .report import write_report
     from .results import load_results, models_of, stamp
+    from .rundir import ARTIFACTS, load_artifacts
 
     models: dict = {}
     artifacts: dict = {}
@@ -288,54 +272,31 @@ def report(
             if label in models:
                 label = f"{label} ({run})"
             models[label] = entry
-            art = _load_artifacts(res_dir / "artifacts.npz", name if "models" in data else entry.get("name", name))
+            art = load_artifacts(res_dir / ARTIFACTS, name if "models" in data else entry.get("name", name))
             if art:
                 artifacts[label] = art
     write_report(stamp({"models": models, "claims": claims}), out, artifacts, title)
     console.print(f"wrote {out} ({len(models)} model{'s' if len(models) != 1 else ''})")
 
 
-def _load_artifacts(path: Path, name: str) -> dict:
-    """Image artifacts saved next to results.json (saliency, gallery), stored under 'model/field' keys."""
-    import numpy as np
-
-    if not path.exists():
-        return {}
-    with np.load(path) as z:
-        items = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(name + "/")}
-    if "alignment" in items:
-        items["alignment"] = float(items["alignment"])
-    return items
-
-
-
-class DemoDataset(str, Enum):
-    digits = "digits"
-    fashion_mnist = "fashion-mnist"
-    breast_cancer = "breast-cancer"
-    fraud = "fraud"
-
-
 @app.command()
 def demo(
-    dataset: Annotated[DemoDataset, typer.Option(help="digits (~3 min on 2 cores), fashion-mnist (bigger), breast-cancer or fraud (tabular).")] = DemoDataset.digits,
+    dataset: Annotated[str, typer.Option(help="Which demo (see `armor list demos`): digits (~3 min on 2 cores), fashion-mnist (bigger), breast-cancer or fraud (tabular).")] = "digits",
     out: Annotated[Path, typer.Option(help="Output directory for runs, results.json and report.html.")] = Path("runs/demo"),
     seed: Annotated[int, typer.Option(help="Seed for training and attacks.")] = 0,
     quiet: Annotated[bool, typer.Option(help="No training progress bars.")] = False,
 ) -> None:
-    """Train standard, PGD-AT (50/50) and Fast-AT models, measure them, and write report.html + results.json."""
+    """Train a standard and adversarially trained models, measure them, and write report.html + results.json."""
     import time
 
+    from ..plugins import contributions
+
+    demos = contributions("demos")
+    if dataset not in demos:
+        fail(f"no demo called {dataset!r}: choose one of {', '.join(demos)} (see `armor list demos`)")
     t0 = time.perf_counter()
     try:
-        if dataset in (DemoDataset.digits, DemoDataset.fashion_mnist):
-            from .demo import run_demo
-
-            results = run_demo(dataset.value, out, seed=seed, quiet=quiet, say=lambda m: err.print(f"[cyan]{m}[/]"))
-        else:
-            from .tabular.demo import run_tabular_demo
-
-            results = run_tabular_demo(dataset.value, out, seed=seed, quiet=quiet, say=lambda m: err.print(f"[cyan]{m}[/]"))
+        results = demos[dataset](out, seed=seed, quiet=quiet, say=lambda m: err.print(escape(m), style="cyan"))
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     _print_demo(results)
@@ -396,11 +357,3 @@ def _print_demo(results: dict) -> None:
             for row, vals in mat["rows"].items():
                 t.add_row(row, *["-" if vals.get(col) is None else f"{vals[col]:.1%}" for col in mat["columns"]])
             console.print(t)
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

@@ -1,0 +1,148 @@
+"""One model, everything the report shows: worst case, curve, calibration, masking checks, and what the
+dataset's domain adds (vision: corruption shift, saliency and gallery; tabular: constraint satisfaction, recall
+under attack, constrained vs unconstrained).
+
+:func:`measure` returns ``(entry, artifacts)``: ``entry`` is the JSON-ready results.json entry of one model,
+``artifacts`` the small arrays (saliency maps, adversarial gallery) that the report draws and that are saved
+next to results.json as ``artifacts.npz``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+from torch import nn
+
+from .. import metrics
+from ..engine import as_xy
+from ..evaluate import evaluate
+from ..plugins import Measurement, domain_of_dataset
+from ..threat import ThreatModel
+from .rundir import RunDir
+
+Progress = Optional[Callable[[str], None]]
+
+
+def measurements_for(dataset: Optional[str]) -> tuple[Measurement, ...]:
+    """The extra measurements the domain of ``dataset`` contributes (none for armor's own file loaders)."""
+    domain = domain_of_dataset(dataset) if dataset else None
+    return tuple(domain.measurements) if domain is not None else ()
+
+
+def default_suite_for(dataset: Optional[str]) -> str:
+    """The evaluation suite the dataset's domain asks for ("standard" when it names none)."""
+    if dataset:
+        from ..data import dataset_spec
+
+        suite = dataset_spec(dataset).default_suite
+        if suite:
+            return suite
+    return "standard"
+
+
+def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[str, Sequence[str]] = "standard",
+            measurements: Sequence[Measurement] = (), n: Optional[int] = 1000,
+            eps_grid: Optional[Sequence[float]] = None, curve_suite: str = "fast",
+            calibration: bool = True, shift: bool = True, interpret: bool = True, masking: bool = True,
+            masking_n: int = 300, attack_kwargs: Optional[dict[str, dict[str, Any]]] = None, seed: int = 0,
+            batch_size: int = 500, state_path: Any = None, progress: Progress = None) -> tuple[dict, dict]:
+    """Measure ``model`` under ``threat`` on ``data`` (``(x, y)`` or a Dataset).
+
+    Arguments:
+        suite: the worst-case suite (see :func:`armor.evaluate`); it runs with ``individual=True`` so that each
+            attack's own accuracy is known (the report's train-A/test-B matrix and the masking checks use it).
+        measurements: the domain's extra measurements (:func:`measurements_for`); each one sees the worst-case
+            result and may be switched off by its ``option`` (``shift=False``, ``interpret=False``).
+        n: test points for the worst case, calibration, shift and alignment. eps_grid: budgets for the curve
+            (default: 0 to twice eps). curve_suite: attacks per curve point.
+        calibration, shift, interpret, masking: which sections to compute (shift and interpret switch off the
+            measurements of those names).
+        masking_n: points for the masking checks. state_path: resumable state for the worst-case evaluation.
+    Returns:
+        ``(entry, artifacts)``.
+    """
+    x, y = as_xy(data)
+    if n is not None:
+        x, y = x[:n], y[:n]
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    grid = metrics.check_eps_grid(eps_grid) if eps_grid is not None else None
+
+    say("worst-case evaluation")
+    result = evaluate(model, (x, y), threat, suite=suite, batch_size=batch_size, seed=seed, individual=True,
+                      attack_kwargs=attack_kwargs, keep_adv=True, state_path=state_path)
+    entry: dict[str, Any] = result.to_dict()
+    entry["eval_seconds"] = {"worst_case": result.seconds}
+    artifacts: dict[str, Any] = {}
+    switches = {"shift": shift, "interpret": interpret, "calibration": calibration, "masking": masking}
+
+    def timed(key: str, fn: Callable[[], Any]) -> Any:
+        say(key)
+        t = time.perf_counter()
+        out = fn()
+        entry["eval_seconds"][key] = round(time.perf_counter() - t, 3)
+        return out
+
+    if threat.eps_scalar > 0:
+        entry["curve"] = timed("curve", lambda: metrics.robustness_curve(
+            model, x, y, threat, grid if grid is not None else metrics.default_eps_grid(threat.eps_scalar),
+            suite=curve_suite, batch_size=batch_size, seed=seed))
+    if calibration:
+        entry["calibration"] = timed("calibration", lambda: metrics.calibration_report(
+            model, x, y, threat, batch_size=batch_size, seed=seed))  # its own PGD: robust points count at their worst iterate
+    for m in measurements:
+        if m.option is not None and not switches.get(m.option, True):
+            continue
+        fields, art = timed(m.name, lambda m=m: m.fn(model, x, y, threat, result=result, seed=seed,
+                                                    batch_size=batch_size, attack_kwargs=attack_kwargs))
+        entry.update(fields)
+        artifacts.update(art)
+    if masking:
+        checks = timed("masking", lambda: metrics.masking_checks(
+            model, x, y, threat, curve=entry.get("curve"), n=masking_n, seed=seed, batch_size=batch_size))
+        entry["masking_flags"] = checks["flags"]
+        entry["masking_checks"] = checks["checks"]
+    else:
+        entry["masking_flags"] = []
+    entry["eval_seconds"]["total"] = round(time.perf_counter() - t0, 3)
+    return entry, artifacts
+
+
+def add_cost(models: dict[str, dict[str, Any]]) -> None:
+    """Add ``cost`` to each entry: training time and forward+backward passes as ratios to standard training.
+
+    The reference is the entry whose recipe is ``standard``; without one, only absolute figures are given.
+    """
+    ref = next((m for m in models.values() if m.get("recipe") == "standard"), None)
+
+    def passes(m: dict[str, Any]) -> Optional[int]:
+        p = m.get("passes") or {}
+        return p["forward"] + p["backward"] if "forward" in p and "backward" in p else None
+
+    for m in models.values():
+        cost: dict[str, Any] = {"train_seconds": m.get("train_seconds"), "passes": passes(m)}
+        if ref is not None:
+            if m.get("train_seconds") and ref.get("train_seconds"):
+                cost["time_ratio"] = round(m["train_seconds"] / ref["train_seconds"], 3)
+            if passes(m) and passes(ref):
+                cost["pass_ratio"] = round(passes(m) / passes(ref), 3)
+        m["cost"] = cost
+
+
+def measure_run(run_dir: Any, *, norm: Optional[str] = None, eps: Optional[float] = None,
+                dataset: Optional[str] = None, data_dir: Optional[str] = None, n: Optional[int] = 1000,
+                suite: Union[str, Sequence[str], None] = None, progress: Progress = None,
+                **kwargs: Any) -> tuple[dict, dict]:
+    """:func:`measure` for a run directory: its model, its dataset's test split, its threat model by default,
+    the suite and measurements its dataset's domain asks for."""
+    run = RunDir(run_dir)
+    model = run.model()
+    test = run.dataset("test", dataset, data_dir)
+    threat = run.threat(norm, eps)
+    name = dataset or run.dataset_name
+    entry, art = measure(model, test, threat, suite=suite or default_suite_for(name),
+                         measurements=measurements_for(name), n=n, progress=progress, **kwargs)
+    entry.update(run.info())
+    return entry, art

@@ -1,0 +1,207 @@
+"""Domains as plug-ins: how images, tables (and next agents, text, recommenders) extend armor.
+
+The library (threat models, attacks, the evaluator, training, metrics) knows no domain. A domain is one
+:class:`Domain` value that contributes named things to the library's registries: datasets, models, attacks,
+suites, recipes, constraint decoders, measurements, report sections and demos. Domains are found through the
+``armor.domains`` entry-point group (armor's own ``vision`` and ``tabular`` are declared in its
+``pyproject.toml``; a third-party package declares its own), or registered at run time with :func:`register`.
+Nothing is loaded or changed when ``import armor`` runs: the entry points are read on the first lookup.
+
+A minimal domain (see ``tests/test_plugins.py`` for a working one)::
+
+    from armor.plugins import DatasetSpec, Domain
+
+    DOMAIN = Domain(
+        name="toy",
+        description="two Gaussian blobs",
+        datasets={"blobs": DatasetSpec(load_blobs, "2-D blobs in [0, 1], 2 classes")},
+    )
+
+    # pyproject.toml of the package that ships it:
+    # [project.entry-points."armor.domains"]
+    # toy = "toy_package:DOMAIN"
+
+Every field but ``name`` is optional. What each one plugs into:
+
+=================  ==========================================================================================
+``datasets``       ``armor.data.load_dataset`` and ``armor train --dataset`` (:class:`DatasetSpec`)
+``models``         ``armor.models.build_model`` (name -> (``nn.Module`` class, description))
+``attacks``        ``armor.attacks.get_attack`` and suites (name -> :class:`armor.attacks.AttackSpec`)
+``suites``         ``armor.evaluate(suite=...)`` (name -> {norm: [attack names]})
+``recipes``        ``armor.training.make_recipe`` and ``armor train --recipe`` (name -> Recipe class)
+``constraints``    ``ThreatModel.from_dict`` (kind -> decoder of the ``constraints`` dict a threat saved)
+``measurements``   ``armor evaluate`` extras (:class:`Measurement`), run when the dataset's domain is this one
+``report``         HTML sections of ``armor report`` (:class:`ReportSection`)
+``demos``          ``armor demo --dataset NAME`` (name -> ``run(out, seed=, quiet=, say=) -> results dict``)
+=================  ==========================================================================================
+
+A domain whose sample is not a tensor in a box (an RL episode, a token sequence) uses the same interface: its
+dataset loader returns what its own attacks, measurements and demo understand, its ``measurements`` and
+``report`` sections carry its own figures (returns instead of accuracy), and the library parts it does not use
+(the lp projections, the image metrics) are simply not referenced.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+ENTRY_POINT_GROUP = "armor.domains"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset a domain contributes.
+
+    Arguments:
+        loader: ``loader(split, data_dir=None, **options) -> armor.data.Dataset`` (split is "train" or "test").
+        description: one line for ``armor list datasets``.
+        default_model: the architecture ``armor train`` builds when ``--model`` is not given.
+        threat: ``threat(norm, eps, data_dir) -> ThreatModel``: how ``--norm/--eps`` become a threat model for
+            this dataset, at training and at evaluation time alike (tabular: per-feature budgets of ``eps``
+            standard deviations with the schema's constraints). ``None``: ``ThreatModel(norm, eps)``, eps in
+            input units.
+        eps_unit: what ``--eps`` means for this dataset, shown in help texts and reports.
+        model_options: ``model_options(train_dataset, data_dir) -> dict`` of extra model-spec entries (e.g. the
+            normalisation statistics a schema fixes); ``None``: the training data's mean/std.
+        default_suite: the evaluation suite for this dataset's threats (``None``: "standard").
+    """
+
+    loader: Callable[..., Any]
+    description: str = ""
+    default_model: str = "mlp"
+    threat: Optional[Callable[..., Any]] = None
+    eps_unit: str = "input units"
+    model_options: Optional[Callable[..., dict]] = None
+    default_suite: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """An extra measurement ``armor evaluate`` runs for a domain's datasets.
+
+    ``fn(model, x, y, threat, *, x_adv, seed, batch_size) -> (fields, artifacts)``: ``fields`` are merged into the
+    model's results.json entry, ``artifacts`` (arrays) into its ``artifacts.npz``. ``option`` names the
+    ``measure()`` switch that turns it off (e.g. "shift", "interpret").
+    """
+
+    name: str
+    fn: Callable[..., tuple[dict, dict]]
+    option: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """An HTML section a domain adds to ``armor report``.
+
+    ``context(models, artifacts) -> dict or None``: what the section needs from the results (``None``: the
+    section is left out, e.g. no model carries the domain's figures). ``template``: Jinja2 source rendered with
+    that context, autoescaped, with the report's helpers ``pct``, ``num``, ``secs`` and ``pp``; ``id`` and
+    ``title`` name the section and its link in the report's navigation.
+    """
+
+    id: str
+    title: str
+    template: str
+    context: Callable[[dict, dict], Optional[dict]]
+
+
+@dataclass(frozen=True)
+class Domain:
+    """What one domain contributes; see the module docstring for where each field plugs in."""
+
+    name: str
+    description: str = ""
+    datasets: Mapping[str, DatasetSpec] = field(default_factory=dict)
+    models: Mapping[str, tuple[type, str]] = field(default_factory=dict)
+    attacks: Mapping[str, Any] = field(default_factory=dict)
+    suites: Mapping[str, Mapping[str, Sequence[str]]] = field(default_factory=dict)
+    recipes: Mapping[str, type] = field(default_factory=dict)
+    constraints: Mapping[str, Callable[[dict], Any]] = field(default_factory=dict)
+    measurements: Sequence[Measurement] = ()
+    report: Sequence[ReportSection] = ()
+    demos: Mapping[str, Callable[..., dict]] = field(default_factory=dict)
+
+
+_discovered: Optional[dict[str, Domain]] = None
+_registered: dict[str, Domain] = {}
+
+
+def _discover() -> dict[str, Domain]:
+    global _discovered
+    if _discovered is None:
+        from importlib.metadata import entry_points
+
+        found: dict[str, Domain] = {}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            domain = ep.load()
+            if not isinstance(domain, Domain):
+                raise TypeError(f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r} must be an "
+                                f"armor.plugins.Domain, got {type(domain).__name__}")
+            found[domain.name] = domain
+        _discovered = found
+    return _discovered
+
+
+def domains() -> dict[str, Domain]:
+    """Every domain: those installed through entry points, then those registered at run time."""
+    return {**_discover(), **_registered}
+
+
+def register(domain: Domain) -> None:
+    """Add a domain at run time (its names must not clash with what is already there)."""
+    if not isinstance(domain, Domain):
+        raise TypeError(f"register() takes an armor.plugins.Domain, got {type(domain).__name__}")
+    if domain.name in domains():
+        raise ValueError(f"a domain called {domain.name!r} is already registered")
+    _registered[domain.name] = domain
+    try:
+        for kind in ("datasets", "models", "attacks", "suites", "recipes", "constraints", "demos"):
+            contributions(kind)  # fail now, naming the clash, rather than at the first lookup
+    except ValueError:
+        del _registered[domain.name]
+        raise
+
+
+def unregister(name: str) -> None:
+    """Remove a domain added with :func:`register`."""
+    if name not in _registered:
+        raise ValueError(f"no domain {name!r} was registered at run time")
+    del _registered[name]
+
+
+@contextmanager
+def registered(domain: Domain) -> Iterator[Domain]:
+    """``with registered(domain): ...``: the domain is known inside the block only (tests, notebooks)."""
+    register(domain)
+    try:
+        yield domain
+    finally:
+        unregister(domain.name)
+
+
+def contributions(kind: str, core: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """``core`` entries of ``kind`` ("attacks", "datasets", ...) plus every domain's; a name two places define
+    is an error that names both."""
+    merged: dict[str, Any] = dict(core or {})
+    origin = {name: "armor" for name in merged}
+    for domain in domains().values():
+        for name, value in getattr(domain, kind).items():
+            if name in merged:
+                raise ValueError(f"{kind[:-1]} {name!r} is defined by both {origin[name]!r} and domain "
+                                 f"{domain.name!r}: rename one of them")
+            merged[name], origin[name] = value, domain.name
+    return merged
+
+
+def domain_of_dataset(dataset: str) -> Optional[Domain]:
+    """The domain that contributes dataset ``dataset`` (``None`` if none does)."""
+    for domain in domains().values():
+        if dataset in domain.datasets:
+            return domain
+    return None
+
+
+__all__ = ["DatasetSpec", "Domain", "ENTRY_POINT_GROUP", "Measurement", "ReportSection", "contributions", "domain_of_dataset",
+           "domains", "register", "registered", "unregister"]
