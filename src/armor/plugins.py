@@ -155,10 +155,17 @@ def register(domain: Domain) -> None:
         raise TypeError(f"register() takes an armor.plugins.Domain, got {type(domain).__name__}")
     if domain.name in domains():
         raise ValueError(f"a domain called {domain.name!r} is already registered")
+    from .attacks import ATTACKS
+    from .data import DATASETS
+    from .evaluate import SUITES
+    from .models import MODELS
+    from .training.recipes import RECIPES
+
+    core = {"attacks": ATTACKS, "datasets": DATASETS, "suites": SUITES, "models": MODELS, "recipes": RECIPES}
     _registered[domain.name] = domain
     try:
         for kind in ("datasets", "models", "attacks", "suites", "recipes", "constraints", "demos"):
-            contributions(kind)  # fail now, naming the clash, rather than at the first lookup
+            contributions(kind, core.get(kind))  # fail now, naming the clash, rather than at the first lookup
     except ValueError:
         del _registered[domain.name]
         raise
