@@ -180,7 +180,7 @@ def interpretability_artifacts(model: nn.Module, x: torch.Tensor, y: torch.Tenso
                                threat: Optional[ThreatModel] = None, *, x_adv: Optional[torch.Tensor] = None,
                                attack: str = "pgd", k: int = 8, seed: int = 0,
                                batch_size: int = 500) -> dict[str, Any]:
-    """Everything the report's interpretability section draws, in the keys ``armor.report`` reads.
+    """Everything the report's interpretability section draws, in the keys ``armor.app.report`` reads.
 
     Arguments:
         model: returns logits. x, y: inputs and labels (alignment uses all of them; maps and gallery the first).

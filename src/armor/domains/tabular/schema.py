@@ -47,11 +47,8 @@ import numpy as np
 
 try:  # Python >= 3.11
     import tomllib as _toml
-except ImportError:  # pragma: no cover - Python 3.10
-    try:
-        import tomli as _toml  # type: ignore[no-redef]
-    except ImportError:
-        _toml = None  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - Python 3.10: tomli is a dependency there (pyproject.toml)
+    import tomli as _toml  # type: ignore[no-redef]
 
 OBSERVED = "observed"
 KINDS = ("continuous", "integer", "categorical")
@@ -507,8 +504,6 @@ def load_schema(path: Union[str, Path]) -> Schema:
         The :class:`Schema`; syntax errors and inconsistencies are ``ValueError`` naming the file.
     """
     path = Path(path)
-    if _toml is None:  # pragma: no cover
-        raise RuntimeError("reading TOML needs Python >= 3.11 or the tomli package (pip install tomli)")
     if not path.is_file():
         raise FileNotFoundError(f"schema file {path} does not exist")
     try:
