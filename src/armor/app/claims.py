@@ -3,7 +3,45 @@ points, and the "trained against attack A, tested against attack B" matrix."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One figure of the claims section: its key, how people read it, and which sign is good."""
+
+    key: str
+    label: str
+    detail: str
+    kind: str = "pp"  # "pp": a difference of accuracies in points; "delta": a plain difference; "ratio"
+    good_if_positive: Optional[bool] = True  # None: neither sign is good or bad (a cost)
+
+    def format(self, value: Any) -> str:
+        if not isinstance(value, (int, float)):
+            return "-"
+        if self.kind == "pp":
+            return f"{value * 100:+.1f} pt"
+        return f"{value:+.3f}" if self.kind == "delta" else f"{value:.2f}x"
+
+    def verdict(self, value: Any) -> str:
+        """"pos", "neg" or "" (neutral, zero or not a number): the colour the report gives the figure."""
+        if not isinstance(value, (int, float)) or self.good_if_positive is None or value == 0:
+            return ""
+        return "pos" if (value > 0) == self.good_if_positive else "neg"
+
+
+# The one list the CLI's table and the report's cards are drawn from, in the order people read them.
+CLAIMS = (
+    Claim("robustness_gain", "robustness gain", "worst-case robust accuracy, hardened − baseline"),
+    Claim("shift_gain", "gain under shift", "mean accuracy on corrupted inputs, hardened − baseline"),
+    Claim("equipment_gain", "gain across equipment", "accuracy on other devices, hardened − baseline"),
+    Claim("ece_change", "ECE change", "clean calibration error, hardened − baseline (lower is better)", "delta",
+          good_if_positive=False),
+    Claim("cost_ratio", "cost ratio (train time)", "training wall time, hardened ÷ baseline", "ratio", None),
+    Claim("pass_ratio", "cost ratio (passes)", "forward + backward passes, hardened ÷ baseline", "ratio", None),
+    Claim("clean_accuracy_change", "clean-accuracy change", "clean accuracy, hardened − baseline"),
+)
 
 
 def claims(models: dict[str, dict[str, Any]], baseline: str, hardened: str) -> dict[str, Any]:

@@ -326,15 +326,11 @@ def _print_demo(results: dict) -> None:
         claims = Table(title=f"claims: {c['hardened']} vs {c['baseline']}")
         claims.add_column("claim")
         claims.add_column("measured", justify="right")
-        pp = lambda v: "-" if v is None else f"{v * 100:+.1f} pt"  # noqa: E731
-        for label, key, fmt in (("robustness gain", "robustness_gain", pp), ("gain under shift", "shift_gain", pp),
-                                ("gain across equipment", "equipment_gain", pp),
-                                ("ECE change", "ece_change", lambda v: "-" if v is None else f"{v:+.3f}"),
-                                ("cost ratio (train time)", "cost_ratio", lambda v: "-" if v is None else f"{v:.2f}x"),
-                                ("cost ratio (passes)", "pass_ratio", lambda v: "-" if v is None else f"{v:.2f}x"),
-                                ("clean-accuracy change", "clean_accuracy_change", pp)):
-            if c.get(key) is not None:
-                claims.add_row(label, fmt(c[key]))
+        from .claims import CLAIMS
+
+        for claim in CLAIMS:
+            if c.get(claim.key) is not None:
+                claims.add_row(claim.label, claim.format(c[claim.key]))
         console.print(claims)
         if any(m.get("tabular") for m in models.values()):
             t = Table(title="tabular: constraints hold, and what a one-directional attacker achieves")

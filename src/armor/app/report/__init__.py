@@ -15,24 +15,13 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
+from ...metrics import MASKING_REGISTRY
 from ...plugins import domains
 
 from . import plots
 
-CHECK_HELP = {
-    "accuracy_not_decreasing_with_eps": "Accuracy rose when eps grew. A larger budget contains every smaller one, "
-                                        "so a sound attack can only do better: the attack is failing, not the model succeeding.",
-    "no_convergence_at_large_eps": "Accuracy stays well above 0 at a very large eps, where any input can be turned into "
-                                   "any other: gradients do not lead the attack anywhere.",
-    "more_iterations_help": "A stronger attack (more steps or restarts) lowered accuracy markedly: the default "
-                            "attacks had not converged, so reported robustness is optimistic.",
-    "stronger_attack_weaker": "A stronger attack (more steps or restarts) gave a higher accuracy than a weaker one.",
-    "black_box_beats_white_box": "The gradient-free Square attack found adversarial examples that the gradient-based "
-                                 "attacks missed: the gradients are obfuscated.",
-    "zero_gradients": "Many inputs have (almost) zero input gradient, e.g. from quantisation or saturated outputs.",
-    "probability_outputs": "The model returns probabilities, not logits; attacks apply softmax again and their loss saturates.",
-    "randomized_outputs": "Two forward passes on the same input disagree: randomness can hide gradients; use EOT.",
-}
+# What each masking check means, in general: the registry's explanations (a flag's message adds its numbers).
+CHECK_HELP = {name: check.explanation for name, check in MASKING_REGISTRY.items()}
 
 
 def _pct(v: Any) -> str:
@@ -56,25 +45,11 @@ def _pp(a: Any, b: Any) -> str:
 
 
 def _claim_cards(claims: dict[str, Any]) -> list[dict[str, str]]:
-    def card(label, v, detail, good_if_positive=True, kind="pp"):
-        if not isinstance(v, (int, float)):
-            return None
-        txt = f"{v * 100:+.1f} pt" if kind == "pp" else (f"{v:+.3f}" if kind == "delta" else f"{v:.2f}×")
-        good = (v > 0) == good_if_positive if kind != "ratio" else None
-        return {"label": label, "value": txt, "detail": detail,
-                "cls": "" if good is None or v == 0 else ("pos" if good else "neg")}
+    from ..claims import CLAIMS
 
-    cards = [
-        card("robustness gain", claims.get("robustness_gain"), "worst-case robust accuracy, hardened − baseline"),
-        card("gain under shift", claims.get("shift_gain"), "mean accuracy on corrupted inputs, hardened − baseline"),
-        card("clean-accuracy change", claims.get("clean_accuracy_change"), "clean accuracy, hardened − baseline"),
-        card("ECE change", claims.get("ece_change"), "clean calibration error, hardened − baseline (lower is better)",
-             good_if_positive=False, kind="delta"),
-        card("training cost", claims.get("cost_ratio"), "training wall time, hardened ÷ baseline", kind="ratio"),
-    ]
-    if isinstance(claims.get("equipment_gain"), (int, float)):
-        cards.append(card("gain across equipment", claims["equipment_gain"], "accuracy on other devices, hardened − baseline"))
-    return [c for c in cards if c]
+    return [{"label": c.label, "value": c.format(claims[c.key]).replace("x", "×"), "detail": c.detail,
+             "cls": c.verdict(claims[c.key])}
+            for c in CLAIMS if isinstance(claims.get(c.key), (int, float))]
 
 
 def _interp_figures(entry: dict[str, Any], art: dict[str, Any]) -> dict[str, Any]:
