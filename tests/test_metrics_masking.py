@@ -12,7 +12,7 @@ from torch import nn
 import armor
 import armor.metrics.masking as masking_module
 from armor.attacks import pgd
-from armor.metrics import MASKING_CHECKS, masking_checks
+from armor.metrics import MASKING_CHECKS, MASKING_REGISTRY, masking_checks
 from conftest import DigitsNet, _train
 
 
@@ -198,3 +198,50 @@ def test_bad_arguments_are_rejected(model, digits):
         masking_checks(model, x, y, THREAT, tol=-1)
     with pytest.raises(ValueError, match="bounds"):
         masking_checks(model, x * 2, y, THREAT)
+
+
+def test_the_registry_drives_the_selection(model, digits, monkeypatch):
+    _, _, x, y = digits
+    assert MASKING_CHECKS == tuple(MASKING_REGISTRY)
+
+    def fires(ctx):
+        return masking_module.Outcome(False, {"points": int(ctx.x.shape[0])}, "this test check always fires")
+
+    check = masking_module.Check("always_fires", fires, "A check registered by the test.", run_order=0)
+    monkeypatch.setitem(masking_module._REGISTRY, "always_fires", check)
+    r = masking_checks(model, x, y, THREAT, checks=["always_fires", "probability_outputs"], n=20)
+    assert list(r["checks"]) == ["probability_outputs", "always_fires"]  # registry order, not the order asked
+    assert r["flags"] == [{"name": "always_fires", "message": "this test check always fires",
+                           "evidence": {"points": 20}}]
+    with pytest.raises(ValueError, match="unknown masking check 'foo'") as err:
+        masking_checks(model, x, y, THREAT, checks=["probability_outputs", "foo"])
+    listed = str(err.value).split("choose from ", 1)[1].split(", ")
+    assert listed == list(MASKING_REGISTRY) and "always_fires" in listed
+
+
+def test_every_check_has_one_explanation_and_the_report_uses_it():
+    from armor.app.report import CHECK_HELP
+
+    for name, check in MASKING_REGISTRY.items():
+        assert check.name == name and callable(check.fn)
+        assert len(check.explanation) > 60 and "  " not in check.explanation and "\n" not in check.explanation
+    assert CHECK_HELP == {name: check.explanation for name, check in MASKING_REGISTRY.items()}
+
+
+def test_each_attack_runs_once_on_its_own_stream(model, digits, monkeypatch):
+    """Shared results (the PGD pair, Square) are computed once; the streams are part of reproducibility."""
+    _, _, x, y = digits
+    runs = []
+    engine_correct_after = masking_module.correct_after
+
+    def recording(model, attack, *args, stream, name, **kwargs):
+        runs.append((stream, name, attack.keywords))
+        return engine_correct_after(model, attack, *args, stream=stream, name=name, **kwargs)
+
+    monkeypatch.setattr(masking_module, "correct_after", recording)
+    r = masking_checks(model, x, y, THREAT, n=40, eps_factors=(0.5, 1.0), curve_steps=2, large_eps_steps=2,
+                       weak_steps=2, strong_steps=3, strong_restarts=1, square_queries=5)
+    assert set(r["checks"]) == set(MASKING_CHECKS)
+    assert runs == [(1, "pgd", {"steps": 2}), (2, "pgd", {"steps": 3, "restarts": 1}),
+                    (3, "square", {"n_queries": 5}), (10, "pgd", {"steps": 2}), (11, "pgd", {"steps": 2}),
+                    (4, "pgd", {"steps": 2})]

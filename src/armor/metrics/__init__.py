@@ -20,13 +20,14 @@ from .curves import check_eps_grid, default_eps_grid, robustness_curve
 from .interpret import (adversarial_gallery, alignment_scores, gradient_alignment, interpretability_artifacts,
                         saliency)
 from .masking import CHECKS as MASKING_CHECKS
+from .masking import REGISTRY as MASKING_REGISTRY
 from .masking import large_eps_for, masking_checks
 from .shift import (CORRUPTIONS, DEVICE_RANGES, SEVERITIES, DeviceProfile, apply_device, corrupt, device_profiles,
                     device_views, equipment_shift, gaussian_blur, shift_accuracy)
 
 __all__ = [
-    "CORRUPTIONS", "CalibrationMeter", "DEVICE_RANGES", "DeviceProfile", "MASKING_CHECKS", "SEVERITIES",
-    "adversarial_gallery", "alignment_scores", "apply_device", "brier_score", "calibration_metrics",
+    "CORRUPTIONS", "CalibrationMeter", "DEVICE_RANGES", "DeviceProfile", "MASKING_CHECKS", "MASKING_REGISTRY",
+    "SEVERITIES", "adversarial_gallery", "alignment_scores", "apply_device", "brier_score", "calibration_metrics",
     "calibration_report", "check_eps_grid", "corrupt", "default_eps_grid", "device_profiles", "device_views",
     "equipment_shift", "expected_calibration_error", "gaussian_blur", "gradient_alignment",
     "interpretability_artifacts", "large_eps_for", "masking_checks", "negative_log_likelihood",

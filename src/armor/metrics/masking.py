@@ -2,32 +2,21 @@
 
 Each check follows the warning signs of Athalye et al. 2018 ("Obfuscated gradients give a false sense of
 security") and the checklist of Carlini et al. 2019 ("On evaluating adversarial robustness"). A check that
-fires becomes a named flag with a human explanation and the numbers behind it:
+fires becomes a named flag with a message that gives the numbers behind it.
 
-``accuracy_not_decreasing_with_eps``
-    Accuracy must not rise when eps grows: a larger ball contains every smaller one.
-``no_convergence_at_large_eps``
-    At a budget large enough to reach a mid-grey input from any input (linf 0.5 on [0, 1] data), a working
-    attack drives accuracy to about 0.
-``stronger_attack_weaker``
-    PGD with more steps and restarts must not leave a higher accuracy than PGD-10 (beyond a tolerance).
-``more_iterations_help``
-    ...nor a much lower one: then the weak attack had not converged and numbers from it are optimistic.
-``black_box_beats_white_box``
-    The gradient-free Square attack must not beat the gradient attacks.
-``zero_gradients``
-    Many inputs with a (near-)zero loss gradient (quantisation, saturated softmax, non-differentiable layers).
-``randomized_outputs``
-    Two forward passes in eval mode on the same input disagree: gradients of one draw mislead; use EOT.
-``probability_outputs``
-    The model returns probabilities, not logits: the CE loss of the attacks then saturates.
+The checks live in :data:`REGISTRY` (name -> :class:`Check`), in report order; each :class:`Check` carries the
+general explanation of its symptom, which the HTML report shows. :data:`CHECKS` is the tuple of their names.
+Attack results that several checks use (the weak/strong PGD pair, Square, two forward passes) are computed
+once per :func:`masking_checks` call and shared through its :class:`_Context`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Optional, Sequence
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -37,9 +26,14 @@ from ..threat import Norm, ThreatModel
 from ..engine import correct_after, model_device, predict_logits
 from .interpret import saliency
 
-CHECKS = ("accuracy_not_decreasing_with_eps", "no_convergence_at_large_eps", "stronger_attack_weaker",
-          "more_iterations_help", "black_box_beats_white_box", "zero_gradients", "randomized_outputs",
-          "probability_outputs")
+# Seed streams of the attack runs (``stream`` of :func:`armor.engine.correct_after`): every attack run draws
+# from its own stream, so its numbers do not depend on which other checks run. Changing a value changes
+# the published numbers.
+STREAM_WEAK_PGD = 1
+STREAM_STRONG_PGD = 2
+STREAM_SQUARE = 3
+STREAM_LARGE_EPS = 4
+STREAM_CURVE = 10  # + the index of the eps factor
 
 
 def _pct(v: float) -> str:
@@ -55,24 +49,291 @@ def large_eps_for(threat: ThreatModel, x: torch.Tensor) -> float:
     return {Norm.LINF: half, Norm.L2: half * math.sqrt(d), Norm.L1: half * d}[threat.norm]
 
 
-class _Runner:
-    """Runs attacks over the points with the engine's seed rule (one stream per check) and scores them."""
+@dataclass(frozen=True)
+class _Settings:
+    """The budgets and tolerances of one :func:`masking_checks` call (see its arguments)."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
-        self.model, self.x, self.y, self.batch_size, self.seed = model, x, y, batch_size, seed
+    curve: Optional[Sequence[dict[str, Any]]]
+    eps_factors: Sequence[float]
+    curve_steps: int
+    large_eps: Optional[float]
+    large_eps_steps: int
+    weak_steps: int
+    strong_steps: int
+    strong_restarts: int
+    square_queries: int
+    tol: float
+    more_iterations_tol: float
+    black_box_tol: float
+    large_eps_max_accuracy: float
+    zero_grad_tol: float
+    zero_grad_max_fraction: float
+    random_tol: float
+
+
+class _Context:
+    """What the checks of one call share: data, settings, and the attack results they have in common.
+
+    Attacks run with the engine's seed rule (one stream per attack run) and are scored per point; the shared
+    results are computed on first use and then kept.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                 settings: _Settings, batch_size: int, seed: int):
+        self.model, self.x, self.y, self.threat, self.s = model, x, y, threat, settings
+        self.batch_size, self.seed = batch_size, seed
         self.device = model_device(model, x.device)
         self.clean_correct = predict_logits(model, x, batch_size).argmax(1).cpu() == y.cpu()
+        self.clean_accuracy = float(self.clean_correct.double().mean())
 
-    def correct_after(self, key: int, fn: Callable[..., torch.Tensor], threat: ThreatModel,
+    def correct_after(self, stream: int, fn: Callable[..., torch.Tensor], threat: ThreatModel,
                       **kwargs: Any) -> torch.Tensor:
         """Per-sample: still correct after the attack (points wrong on clean inputs count as wrong)."""
         attack = functools.partial(fn, **kwargs) if kwargs else fn
         return correct_after(self.model, attack, self.x, self.y, threat, batch_size=self.batch_size,
-                             seed=self.seed, stream=key, name=getattr(fn, "__name__", "")) & self.clean_correct
+                             seed=self.seed, stream=stream, name=getattr(fn, "__name__", "")) & self.clean_correct
+
+    @functools.cached_property
+    def two_passes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The outputs of two forward passes on the first batch."""
+        xb = self.x[:self.batch_size].to(self.device)
+        with torch.no_grad():
+            a = predict_logits(self.model, xb, self.batch_size)
+            b = predict_logits(self.model, xb, self.batch_size)
+        return a, b
+
+    @functools.cached_property
+    def pgd_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per point: correct after the weak PGD, and after the strong one (more steps, restarts)."""
+        s = self.s
+        weak = self.correct_after(STREAM_WEAK_PGD, pgd, self.threat, steps=s.weak_steps)
+        strong = self.correct_after(STREAM_STRONG_PGD, pgd, self.threat, steps=s.strong_steps,
+                                    restarts=s.strong_restarts)
+        return weak, strong
+
+    @functools.cached_property
+    def pgd_pair_evidence(self) -> dict[str, Any]:
+        weak, strong = self.pgd_pair
+        s = self.s
+        return {"weak_attack": f"pgd-{s.weak_steps}", "weak_accuracy": float(weak.double().mean()),
+                "strong_attack": f"pgd-{s.strong_steps} x {s.strong_restarts} restarts",
+                "strong_accuracy": float(strong.double().mean()), "clean_accuracy": self.clean_accuracy}
+
+    @functools.cached_property
+    def square_correct(self) -> torch.Tensor:
+        """Per point: correct after Square (linf and l2 only)."""
+        return self.correct_after(STREAM_SQUARE, square, self.threat, n_queries=self.s.square_queries)
 
 
-def _result(passed: Optional[bool], evidence: dict[str, Any]) -> dict[str, Any]:
-    return {"passed": passed, "evidence": evidence}
+@dataclass(frozen=True)
+class Outcome:
+    """One check's result: ``passed`` (None: skipped), its evidence, and the message with the numbers when it fails."""
+
+    passed: Optional[bool]
+    evidence: dict[str, Any]
+    message: Optional[str] = None
+
+
+CheckFn = Callable[[_Context], Outcome]
+
+
+def _skipped(reason: str) -> Outcome:
+    return Outcome(None, {"skipped": reason})
+
+
+@dataclass(frozen=True)
+class Check:
+    """A registered masking check.
+
+    ``fn`` runs it on a call's shared context; ``explanation`` says in general what its symptom means (the
+    flag's message adds this run's numbers). Checks run in ascending ``run_order`` (ties in registry order):
+    the cheap output checks first, the attacks after them. The order matters only for models that draw
+    random numbers in their forward pass, and keeps their results reproducible.
+    """
+
+    name: str
+    fn: CheckFn
+    explanation: str
+    run_order: int
+
+
+_REGISTRY: dict[str, Check] = {}
+REGISTRY: Mapping[str, Check] = types.MappingProxyType(_REGISTRY)
+
+
+def _register(name: str, explanation: str, *, run_order: int) -> Callable[[CheckFn], CheckFn]:
+    def add(fn: CheckFn) -> CheckFn:
+        if name in _REGISTRY:
+            raise ValueError(f"masking check {name!r} is registered twice")
+        _REGISTRY[name] = Check(name, fn, " ".join(explanation.split()), run_order)
+        return fn
+
+    return add
+
+
+# --- the checks, in report order ----------------------------------------------------------------------------
+
+@_register("accuracy_not_decreasing_with_eps", run_order=3, explanation="""
+    Accuracy must not rise when eps grows. A larger budget contains every smaller one, so a sound attack can
+    only do better: a rise means the attack is failing, not the model succeeding.""")
+def _accuracy_not_decreasing_with_eps(ctx: _Context) -> Outcome:
+    s = ctx.s
+    if s.curve is not None:
+        pts = sorted(((float(p["eps"]), float(p["robust_accuracy"])) for p in s.curve), key=lambda t: t[0])
+        source = "given curve"
+    else:
+        eps = ctx.threat.eps_scalar
+        pts = [(0.0, ctx.clean_accuracy)]
+        for j, f in enumerate(sorted(set(float(v) for v in s.eps_factors))):
+            if f <= 0:
+                continue
+            acc = float(ctx.correct_after(STREAM_CURVE + j, pgd, ctx.threat.scaled(f),
+                                          steps=s.curve_steps).double().mean())
+            pts.append((f * eps, acc))
+        source = f"pgd-{s.curve_steps}"
+    rise, at = 0.0, None
+    for i in range(len(pts)):
+        for j in range(i + 1, len(pts)):
+            if pts[j][1] - pts[i][1] > rise:
+                rise, at = pts[j][1] - pts[i][1], (pts[i], pts[j])
+    passed = rise <= s.tol
+    evidence = {"eps": [p[0] for p in pts], "accuracy": [p[1] for p in pts], "attack": source,
+                "largest_rise": rise, "tolerance": s.tol}
+    if passed or at is None:
+        return Outcome(passed, evidence)
+    (e0, a0), (e1, a1) = at
+    return Outcome(passed, evidence, (
+        f"Accuracy rose from {_pct(a0)} at eps={e0:g} to {_pct(a1)} at eps={e1:g}. A larger budget contains "
+        "every smaller one, so a sound attack can only do better as eps grows: the attack is failing, not "
+        "the model succeeding."))
+
+
+@_register("no_convergence_at_large_eps", run_order=4, explanation="""
+    At a budget large enough to turn any input into a uniform grey one (linf 0.5 on [0, 1] data), a working
+    attack drives accuracy to about 0. Accuracy well above 0 there means the gradients do not lead the attack
+    anywhere. Skipped under domain constraints, where immutable features can keep points correct.""")
+def _no_convergence_at_large_eps(ctx: _Context) -> Outcome:
+    s, threat = ctx.s, ctx.threat
+    if threat.constraints is not None:
+        return _skipped("domain constraints (immutable features) can keep points correct at any eps")
+    big = large_eps_for(threat, ctx.x) if s.large_eps is None else float(s.large_eps)
+    if not math.isfinite(big) or big <= 0:
+        raise ValueError(f"large_eps must be a finite number > 0, got {s.large_eps!r}")
+    acc = float(ctx.correct_after(STREAM_LARGE_EPS, pgd, ThreatModel(threat.norm, big, threat.bounds),
+                                  steps=s.large_eps_steps).double().mean())
+    passed = acc <= s.large_eps_max_accuracy
+    evidence = {"eps": big, "accuracy": acc, "steps": s.large_eps_steps, "threshold": s.large_eps_max_accuracy}
+    return Outcome(passed, evidence, None if passed else (
+        f"At eps={big:g} ({threat.norm.value}), large enough to turn any input into a uniform grey one, "
+        f"PGD-{s.large_eps_steps} still leaves {_pct(acc)} accuracy. An unbounded attack should reach about "
+        "0%: the gradients do not lead the attack anywhere."))
+
+
+@_register("stronger_attack_weaker", run_order=2, explanation="""
+    PGD with more steps and restarts must not leave a higher accuracy than a weaker PGD. On a deterministic,
+    differentiable model a stronger attack can only do better: the loss surface is misleading the attack.""")
+def _stronger_attack_weaker(ctx: _Context) -> Outcome:
+    s, pair = ctx.s, ctx.pgd_pair_evidence
+    acc_w, acc_s = pair["weak_accuracy"], pair["strong_accuracy"]
+    passed = acc_s <= acc_w + s.tol
+    return Outcome(passed, {**pair, "tolerance": s.tol}, None if passed else (
+        f"PGD with {s.strong_steps} steps and {s.strong_restarts} restarts left {_pct(acc_s)} accuracy, more "
+        f"than PGD-{s.weak_steps} ({_pct(acc_w)}). A stronger attack can only do better on a deterministic, "
+        "differentiable model: the loss surface is misleading the attack (randomness, shattered or "
+        "exploding gradients)."))
+
+
+@_register("more_iterations_help", run_order=2, explanation="""
+    PGD with more steps and restarts must not leave a much lower accuracy than a weaker PGD either: then the
+    weak attack had not converged, and robust accuracy measured with few iterations is optimistic.""")
+def _more_iterations_help(ctx: _Context) -> Outcome:
+    s, pair = ctx.s, ctx.pgd_pair_evidence
+    acc_w, acc_s = pair["weak_accuracy"], pair["strong_accuracy"]
+    passed = acc_w - acc_s <= s.more_iterations_tol
+    return Outcome(passed, {**pair, "tolerance": s.more_iterations_tol}, None if passed else (
+        f"PGD with {s.strong_steps} steps and {s.strong_restarts} restarts lowered accuracy from {_pct(acc_w)} "
+        f"(PGD-{s.weak_steps}) to {_pct(acc_s)}. The weak attack had not converged, so robust accuracy "
+        "measured with few iterations is optimistic: evaluate with the standard suite (APGD, Square)."))
+
+
+@_register("black_box_beats_white_box", run_order=2, explanation="""
+    The gradient-free Square attack must not beat the gradient attacks: when it finds adversarial examples
+    that they missed, the gradients are obfuscated. Skipped for l1 (Square supports linf and l2).""")
+def _black_box_beats_white_box(ctx: _Context) -> Outcome:
+    s = ctx.s
+    weak, strong = ctx.pgd_pair  # before the l1 skip, as it always ran: keeps random models' numbers as they were
+    if ctx.threat.norm is Norm.L1:
+        return _skipped("Square supports linf and l2 only")
+    sq = ctx.square_correct
+    acc_sq = float(sq.double().mean())
+    acc_white = min(float(weak.double().mean()), float(strong.double().mean()))
+    only_sq = float((~sq & weak & strong).double().mean())
+    passed = acc_sq >= acc_white - s.black_box_tol
+    evidence = {"square_queries": s.square_queries, "square_accuracy": acc_sq, "white_box_accuracy": acc_white,
+                "share_fooled_only_by_square": only_sq, "tolerance": s.black_box_tol}
+    return Outcome(passed, evidence, None if passed else (
+        f"The gradient-free Square attack ({s.square_queries} queries) left {_pct(acc_sq)} accuracy, below "
+        f"the best gradient attack ({_pct(acc_white)}); it fooled {_pct(only_sq)} of the points that every "
+        "gradient attack missed. Gradients are obfuscated: the model's robustness against white-box "
+        "attacks is not real."))
+
+
+@_register("zero_gradients", run_order=1, explanation="""
+    Many inputs have a (near-)zero loss gradient, from input quantisation or rounding, saturated softmax
+    outputs or non-differentiable preprocessing: gradient attacks cannot move from them.""")
+def _zero_gradients(ctx: _Context) -> Outcome:
+    s = ctx.s
+    g = saliency(ctx.model, ctx.x, ctx.y, kind="loss", absolute=False,
+                 batch_size=ctx.batch_size).flatten(1).double().norm(dim=1)
+    share = float((g <= s.zero_grad_tol).double().mean())
+    passed = share <= s.zero_grad_max_fraction
+    evidence = {"share_zero": share, "threshold": s.zero_grad_max_fraction, "zero_grad_tol": s.zero_grad_tol,
+                "median_grad_norm": float(g.median()), "min_grad_norm": float(g.min())}
+    return Outcome(passed, evidence, None if passed else (
+        f"{_pct(share)} of the inputs have a loss gradient of (near) zero norm (<= {s.zero_grad_tol:g}). "
+        "Gradient attacks cannot move from such points, so their robust accuracy is an artefact: typical "
+        "causes are input quantisation or rounding, saturated softmax outputs (very large logits) and "
+        "non-differentiable preprocessing. Use BPDA, a margin loss on rescaled logits, or Square."))
+
+
+@_register("randomized_outputs", run_order=0, explanation="""
+    Two forward passes in eval mode on the same input disagree: the gradients of one random draw mislead the
+    attack. Evaluate with Expectation over Transformation (EOT).""")
+def _randomized_outputs(ctx: _Context) -> Outcome:
+    a, b = ctx.two_passes
+    diff = float((a - b).abs().max())
+    threshold = ctx.s.random_tol * max(1.0, float(a.abs().max()))
+    flipped = float((a.argmax(1) != b.argmax(1)).double().mean())
+    passed = diff <= threshold
+    evidence = {"max_abs_logit_difference": diff, "share_predictions_changed": flipped, "threshold": threshold}
+    return Outcome(passed, evidence, None if passed else (
+        f"Two forward passes in eval mode on the same inputs differ by up to {diff:.3g} in the logits "
+        f"and change {_pct(flipped)} of the predictions. A randomized model's gradients describe one "
+        "random draw, which hides the way to adversarial examples; evaluate with Expectation over "
+        "Transformation (average gradients over draws) before trusting its robust accuracy."))
+
+
+@_register("probability_outputs", run_order=0, explanation="""
+    The model returns probabilities, not logits: the attacks apply softmax again and their cross-entropy loss
+    saturates.""")
+def _probability_outputs(ctx: _Context) -> Outcome:
+    a, _ = ctx.two_passes
+    sums = a.sum(dim=1)
+    probs = bool((a >= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
+    evidence = {"min_output": float(a.min()), "mean_row_sum": float(sums.mean())}
+    return Outcome(not probs, evidence, None if not probs else (
+        "The model's outputs are non-negative and sum to 1: they look like probabilities, not logits. "
+        "Attacks apply softmax again, which flattens the loss and weakens them; remove the final "
+        "softmax so that the model returns logits."))
+
+
+CHECKS = tuple(REGISTRY)  # the names of the registered checks, in report order
+
+
+def _check_tolerances(**values: Any) -> None:
+    for label, v in values.items():
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{label} must be a finite number >= 0, got {v!r}")
 
 
 def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
@@ -93,7 +354,8 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     Arguments:
         model: returns logits. x, y: inputs in the threat's bounds and labels; the first ``n`` are used
             (None: all). threat: norm, eps, bounds (and constraints).
-        checks: names from :data:`CHECKS` to run (default: all); the others are left out of the result.
+        checks: names from :data:`REGISTRY` (:data:`CHECKS`) to run (default: all); the others are left out of
+            the result.
         curve: a :func:`armor.metrics.robustness_curve` result to check for monotonicity instead of running
             PGD-``curve_steps`` at ``eps_factors`` x eps (0 is always included as the clean accuracy).
         large_eps: budget for the convergence check; default :func:`large_eps_for` (linf 0.5 on [0, 1]).
@@ -115,174 +377,32 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     if not isinstance(threat, ThreatModel):
         raise ValueError(f"threat must be an armor.ThreatModel, got {type(threat).__name__}")
     threat.check_inputs(x, y)
-    selected = list(CHECKS) if checks is None else list(checks)
-    for name in selected:
-        if name not in CHECKS:
-            raise ValueError(f"unknown masking check {name!r}: choose from {', '.join(CHECKS)}")
-    for label, v in (("tol", tol), ("more_iterations_tol", more_iterations_tol), ("black_box_tol", black_box_tol),
-                     ("large_eps_max_accuracy", large_eps_max_accuracy), ("zero_grad_tol", zero_grad_tol),
-                     ("zero_grad_max_fraction", zero_grad_max_fraction), ("random_tol", random_tol)):
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{label} must be a finite number >= 0, got {v!r}")
+    selected = set(REGISTRY if checks is None else checks)
+    for name in checks or ():
+        if name not in REGISTRY:
+            raise ValueError(f"unknown masking check {name!r}: choose from {', '.join(REGISTRY)}")
+    _check_tolerances(tol=tol, more_iterations_tol=more_iterations_tol, black_box_tol=black_box_tol,
+                      large_eps_max_accuracy=large_eps_max_accuracy, zero_grad_tol=zero_grad_tol,
+                      zero_grad_max_fraction=zero_grad_max_fraction, random_tol=random_tol)
     if min(weak_steps, strong_steps, strong_restarts, curve_steps, large_eps_steps, square_queries) < 1:
         raise ValueError("attack budgets (steps, restarts, queries) must be >= 1")
     if n is not None:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         x, y = x[:n], y[:n]
-    run = _Runner(model, x, y, batch_size, seed)
-    clean_acc = float(run.clean_correct.double().mean())
-    eps = threat.eps_scalar
-    results: dict[str, dict[str, Any]] = {}
-    messages: dict[str, str] = {}
-
-    def want(*names: str) -> bool:
-        return any(nm in selected for nm in names)
-
-    # --- randomness and output type first: they explain most other symptoms
-    if want("randomized_outputs", "probability_outputs"):
-        xb = x[:batch_size].to(run.device)
-        with torch.no_grad():
-            a = predict_logits(model, xb, batch_size)
-            b = predict_logits(model, xb, batch_size)
-        diff = float((a - b).abs().max())
-        scale = max(1.0, float(a.abs().max()))
-        flipped = float((a.argmax(1) != b.argmax(1)).double().mean())
-        if "randomized_outputs" in selected:
-            passed = diff <= random_tol * scale
-            results["randomized_outputs"] = _result(passed, {"max_abs_logit_difference": diff,
-                                                             "share_predictions_changed": flipped,
-                                                             "threshold": random_tol * scale})
-            if not passed:
-                messages["randomized_outputs"] = (
-                    f"Two forward passes in eval mode on the same inputs differ by up to {diff:.3g} in the logits "
-                    f"and change {_pct(flipped)} of the predictions. A randomized model's gradients describe one "
-                    "random draw, which hides the way to adversarial examples; evaluate with Expectation over "
-                    "Transformation (average gradients over draws) before trusting its robust accuracy.")
-        if "probability_outputs" in selected:
-            sums = a.sum(dim=1)
-            probs = bool((a >= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
-            results["probability_outputs"] = _result(not probs, {"min_output": float(a.min()),
-                                                                  "mean_row_sum": float(sums.mean())})
-            if probs:
-                messages["probability_outputs"] = (
-                    "The model's outputs are non-negative and sum to 1: they look like probabilities, not logits. "
-                    "Attacks apply softmax again, which flattens the loss and weakens them; remove the final "
-                    "softmax so that the model returns logits.")
-
-    # --- zero gradients
-    if "zero_gradients" in selected:
-        g = saliency(model, x, y, kind="loss", absolute=False, batch_size=batch_size).flatten(1).double().norm(dim=1)
-        zero = g <= zero_grad_tol
-        share = float(zero.double().mean())
-        passed = share <= zero_grad_max_fraction
-        results["zero_gradients"] = _result(passed, {
-            "share_zero": share, "threshold": zero_grad_max_fraction, "zero_grad_tol": zero_grad_tol,
-            "median_grad_norm": float(g.median()), "min_grad_norm": float(g.min())})
-        if not passed:
-            messages["zero_gradients"] = (
-                f"{_pct(share)} of the inputs have a loss gradient of (near) zero norm (<= {zero_grad_tol:g}). "
-                "Gradient attacks cannot move from such points, so their robust accuracy is an artefact: typical "
-                "causes are input quantisation or rounding, saturated softmax outputs (very large logits) and "
-                "non-differentiable preprocessing. Use BPDA, a margin loss on rescaled logits, or Square.")
-
-    # --- the weak / strong PGD pair and Square
-    weak = strong = sq = None
-    if want("stronger_attack_weaker", "more_iterations_help", "black_box_beats_white_box"):
-        weak = run.correct_after(1, pgd, threat, steps=weak_steps)
-        strong = run.correct_after(2, pgd, threat, steps=strong_steps, restarts=strong_restarts)
-        acc_w, acc_s = float(weak.double().mean()), float(strong.double().mean())
-        pair = {"weak_attack": f"pgd-{weak_steps}", "weak_accuracy": acc_w,
-                "strong_attack": f"pgd-{strong_steps} x {strong_restarts} restarts", "strong_accuracy": acc_s,
-                "clean_accuracy": clean_acc}
-        if "stronger_attack_weaker" in selected:
-            passed = acc_s <= acc_w + tol
-            results["stronger_attack_weaker"] = _result(passed, {**pair, "tolerance": tol})
-            if not passed:
-                messages["stronger_attack_weaker"] = (
-                    f"PGD with {strong_steps} steps and {strong_restarts} restarts left {_pct(acc_s)} accuracy, more "
-                    f"than PGD-{weak_steps} ({_pct(acc_w)}). A stronger attack can only do better on a deterministic, "
-                    "differentiable model: the loss surface is misleading the attack (randomness, shattered or "
-                    "exploding gradients).")
-        if "more_iterations_help" in selected:
-            passed = acc_w - acc_s <= more_iterations_tol
-            results["more_iterations_help"] = _result(passed, {**pair, "tolerance": more_iterations_tol})
-            if not passed:
-                messages["more_iterations_help"] = (
-                    f"PGD with {strong_steps} steps and {strong_restarts} restarts lowered accuracy from {_pct(acc_w)} "
-                    f"(PGD-{weak_steps}) to {_pct(acc_s)}. The weak attack had not converged, so robust accuracy "
-                    "measured with few iterations is optimistic: evaluate with the standard suite (APGD, Square).")
-    if "black_box_beats_white_box" in selected:
-        if threat.norm is Norm.L1:
-            results["black_box_beats_white_box"] = _result(None, {"skipped": "Square supports linf and l2 only"})
-        else:
-            sq = run.correct_after(3, square, threat, n_queries=square_queries)
-            white = weak & strong
-            acc_sq = float(sq.double().mean())
-            acc_white = min(float(weak.double().mean()), float(strong.double().mean()))
-            only_sq = float((~sq & white).double().mean())
-            passed = acc_sq >= acc_white - black_box_tol
-            results["black_box_beats_white_box"] = _result(passed, {
-                "square_queries": square_queries, "square_accuracy": acc_sq, "white_box_accuracy": acc_white,
-                "share_fooled_only_by_square": only_sq, "tolerance": black_box_tol})
-            if not passed:
-                messages["black_box_beats_white_box"] = (
-                    f"The gradient-free Square attack ({square_queries} queries) left {_pct(acc_sq)} accuracy, below "
-                    f"the best gradient attack ({_pct(acc_white)}); it fooled {_pct(only_sq)} of the points that every "
-                    "gradient attack missed. Gradients are obfuscated: the model's robustness against white-box "
-                    "attacks is not real.")
-
-    # --- accuracy against eps
-    if "accuracy_not_decreasing_with_eps" in selected:
-        if curve is not None:
-            pts = sorted(((float(p["eps"]), float(p["robust_accuracy"])) for p in curve), key=lambda t: t[0])
-            source = "given curve"
-        else:
-            pts = [(0.0, clean_acc)]
-            for j, f in enumerate(sorted(set(float(v) for v in eps_factors))):
-                if f <= 0:
-                    continue
-                te = threat.scaled(f)
-                acc = float(run.correct_after(10 + j, pgd, te, steps=curve_steps).double().mean())
-                pts.append((f * eps, acc))
-            source = f"pgd-{curve_steps}"
-        rise, at = 0.0, None
-        for i in range(len(pts)):
-            for j in range(i + 1, len(pts)):
-                if pts[j][1] - pts[i][1] > rise:
-                    rise, at = pts[j][1] - pts[i][1], (pts[i], pts[j])
-        passed = rise <= tol
-        results["accuracy_not_decreasing_with_eps"] = _result(passed, {
-            "eps": [p[0] for p in pts], "accuracy": [p[1] for p in pts], "attack": source,
-            "largest_rise": rise, "tolerance": tol})
-        if not passed and at is not None:
-            (e0, a0), (e1, a1) = at
-            messages["accuracy_not_decreasing_with_eps"] = (
-                f"Accuracy rose from {_pct(a0)} at eps={e0:g} to {_pct(a1)} at eps={e1:g}. A larger budget contains "
-                "every smaller one, so a sound attack can only do better as eps grows: the attack is failing, not "
-                "the model succeeding.")
-
-    # --- large eps
-    if "no_convergence_at_large_eps" in selected:
-        if threat.constraints is not None:
-            results["no_convergence_at_large_eps"] = _result(None, {
-                "skipped": "domain constraints (immutable features) can keep points correct at any eps"})
-        else:
-            big = large_eps_for(threat, x) if large_eps is None else float(large_eps)
-            if not math.isfinite(big) or big <= 0:
-                raise ValueError(f"large_eps must be a finite number > 0, got {large_eps!r}")
-            acc = float(run.correct_after(4, pgd, ThreatModel(threat.norm, big, threat.bounds),
-                                          steps=large_eps_steps).double().mean())
-            passed = acc <= large_eps_max_accuracy
-            results["no_convergence_at_large_eps"] = _result(passed, {
-                "eps": big, "accuracy": acc, "steps": large_eps_steps, "threshold": large_eps_max_accuracy})
-            if not passed:
-                messages["no_convergence_at_large_eps"] = (
-                    f"At eps={big:g} ({threat.norm.value}), large enough to turn any input into a uniform grey one, "
-                    f"PGD-{large_eps_steps} still leaves {_pct(acc)} accuracy. An unbounded attack should reach about "
-                    "0%: the gradients do not lead the attack anywhere.")
-
-    ordered = {name: results[name] for name in CHECKS if name in results}
-    flags = [{"name": name, "message": messages[name], "evidence": ordered[name]["evidence"]}
-             for name in ordered if ordered[name]["passed"] is False]
-    return {"flags": flags, "checks": ordered, "n": int(x.shape[0]), "threat_model": threat.to_dict()}
+    settings = _Settings(
+        curve=curve, eps_factors=eps_factors, curve_steps=curve_steps, large_eps=large_eps,
+        large_eps_steps=large_eps_steps, weak_steps=weak_steps, strong_steps=strong_steps,
+        strong_restarts=strong_restarts, square_queries=square_queries, tol=tol,
+        more_iterations_tol=more_iterations_tol, black_box_tol=black_box_tol,
+        large_eps_max_accuracy=large_eps_max_accuracy, zero_grad_tol=zero_grad_tol,
+        zero_grad_max_fraction=zero_grad_max_fraction, random_tol=random_tol)
+    ctx = _Context(model, x, y, threat, settings, batch_size, seed)
+    to_run = sorted((c for c in REGISTRY.values() if c.name in selected), key=lambda c: c.run_order)
+    outcomes = {c.name: c.fn(ctx) for c in to_run}
+    ordered = {name: outcomes[name] for name in REGISTRY if name in outcomes}
+    return {
+        "flags": [{"name": name, "message": o.message, "evidence": o.evidence}
+                  for name, o in ordered.items() if o.passed is False],
+        "checks": {name: {"passed": o.passed, "evidence": o.evidence} for name, o in ordered.items()},
+        "n": int(x.shape[0]), "threat_model": threat.to_dict()}
