@@ -78,10 +78,10 @@ class EvalResult:
     robust: Optional[torch.Tensor] = field(default=None, repr=False)  # per-sample worst-case robustness
     clean_correct: Optional[torch.Tensor] = field(default=None, repr=False)
     x_adv: Optional[torch.Tensor] = field(default=None, repr=False)  # the successful example, else the input
+    state_file: Optional[Path] = field(default=None, repr=False)  # where the resumable state was kept
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("robust", "clean_correct", "x_adv")}
-        return d
+        return {k: v for k, v in asdict(self).items() if k not in ("robust", "clean_correct", "x_adv", "state_file")}
 
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
@@ -112,8 +112,11 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
         seed: every (attack, batch) gets its own generator derived from it, so a resumed run is identical.
         individual: also run every attack on all clean-correct points, so that ``per_attack[name]["accuracy"]``
             is each attack's own accuracy (needed by the masking checks); costs more on robust models.
-        state_path: a file to checkpoint into after each batch; an existing state for the same model, data
-            and settings is resumed, a state for anything else raises ``ValueError``.
+        state_path: checkpoint after each batch, and resume from an earlier checkpoint of the same evaluation.
+            A directory: the state is ``eval-<key>.state`` inside it, keyed by a fingerprint of what is evaluated
+            (model weights, data, threat, suite, seed, attack settings), so evaluations at other eps or seeds
+            never collide and a stale state is never mistaken for this one (``result.state_file`` names it).
+            A file path (not a directory): that file; a state in it for anything else raises ``ValueError``.
         attack_kwargs: per-attack keyword overrides, e.g. ``{"square": {"n_queries": 1000}}``.
         keep_adv: keep the adversarial inputs in ``result.x_adv``.
     Returns:
@@ -146,8 +149,11 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
     warn_if_probabilities(logits)
     clean_correct = logits.argmax(1) == y
     st = EvalState(robust=clean_correct.clone(), x_adv=x.clone() if keep_adv else None)
-    store = _StateFile(Path(state_path), _fingerprint(x, y, names, threat, seed, model, attack_kwargs)) \
-        if state_path else None
+    store = None
+    if state_path is not None:
+        fingerprint = _fingerprint(x, y, names, threat, seed, model, attack_kwargs)
+        path = Path(state_path)
+        store = _StateFile(path / f"eval-{fingerprint[:20]}.state" if path.is_dir() else path, fingerprint)
     if store is not None and store.exists():
         saved = store.load(device)
         st = EvalState(saved.robust, saved.records, saved.attack, saved.batch, saved.todo, saved.own_fooled,
@@ -202,6 +208,7 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
         robust=st.robust.cpu(),
         clean_correct=clean_correct.cpu(),
         x_adv=None if st.x_adv is None else st.x_adv.cpu(),
+        state_file=None if store is None else store.path,
     )
 
 
@@ -240,7 +247,8 @@ class _StateFile:
                              "delete it to start over") from None
         if meta.get("fingerprint") != self.fingerprint:
             raise ValueError(f"evaluation state {self.path} belongs to a different model, data or suite; "
-                             "delete it or pass another state path")
+                             "delete it, or pass a directory as state_path (states are then keyed by what they "
+                             "evaluate)")
         records = meta["records"]
         own = meta.get("own_fooled")
         if own is None:  # a state written before armor 0.2 kept the count inside the attack's record

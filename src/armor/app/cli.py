@@ -25,7 +25,7 @@ err = Console(stderr=True, soft_wrap=True)  # long paths in errors stay on one l
 
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error (no traceback) and exit."""
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -95,10 +95,28 @@ def _run(run_dir: Path):
 
     run = RunDir(run_dir)
     try:
-        run.metadata
+        status = run.metadata.get("status")
     except (FileNotFoundError, ValueError, CheckpointError) as e:
         fail(str(e))
+    if status == "diverged":
+        err.print(f"[bold yellow]warning:[/] {escape(str(run_dir))} diverged during training; its best checkpoint "
+                  "is measured, which may not be the model you meant (see its metadata.json message)")
+    elif status == "running":
+        err.print(f"[bold yellow]warning:[/] {escape(str(run_dir))} is still training or was killed: its best "
+                  f"checkpoint so far is measured (finish it with `armor train --resume {escape(str(run_dir))}`)")
     return run
+
+
+def _check_n(n: Optional[int]) -> None:
+    if n is not None and n < 1:
+        fail(f"--n must be a positive number of points, got {n}")
+
+
+def _out(check, path: Path, *args):
+    try:
+        return check(path, *args)
+    except ValueError as e:
+        fail(str(e))
 
 
 @app.command()
@@ -123,6 +141,10 @@ def attack(
     from ..engine import attack_dataset, predict_logits
     from ..utils import atomic_write_bytes
 
+    from .rundir import writable_file
+
+    _check_n(n)
+    _out(writable_file, out, "adversarial examples", "adv.npz")
     run = _run(run_dir)
     try:
         model = run.model()
@@ -157,7 +179,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed for the attacks.")] = 0,
     extras: Annotated[bool, typer.Option(help="Also measure the curve, calibration, shift, saliency and masking checks.")] = True,
     out: Annotated[Optional[Path], typer.Option(help="Directory for results.json (default RUN_DIR/eval).")] = None,
-    resume: Annotated[bool, typer.Option(help="Checkpoint the worst-case evaluation into OUT/eval.state and resume from it.")] = True,
+    resume: Annotated[bool, typer.Option(help="Checkpoint the worst-case evaluation in OUT (one state per model, data, threat and seed) and resume a killed run from it.")] = True,
 ) -> None:
     """Worst-case robust accuracy over an attack ensemble, plus curve, calibration, shift and masking checks.
 
@@ -166,7 +188,7 @@ def evaluate(
     from ..utils import atomic_write_json
     from .measure import add_cost, measure_run
     from .results import stamp
-    from .rundir import save_artifacts
+    from .rundir import save_artifacts, writable_dir
 
     grid = None
     if eps_grid is not None:
@@ -178,13 +200,15 @@ def evaluate(
             fail(f"--eps-grid has negative values ({', '.join(str(v) for v in grid if v < 0)}): eps is a radius, use values >= 0")
         if not grid:
             fail("--eps-grid is empty")
-    out = out or run_dir / "eval"
+    _check_n(n)
+    out = _out(writable_dir, out or run_dir / "eval", "evaluation")
+    _run(run_dir)
     try:
         entry, art = measure_run(run_dir, norm=norm.value if norm else None, eps=eps, dataset=dataset,
                                  data_dir=str(data_dir) if data_dir else None, n=n, suite=suite, eps_grid=grid,
                                  batch_size=batch_size, seed=seed, calibration=extras, shift=extras,
                                  interpret=extras, masking=extras,
-                                 state_path=out / "eval.state" if resume else None,
+                                 state_path=out if resume else None,
                                  progress=lambda msg: err.print(f"[dim]{msg}...[/]"))
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
@@ -223,26 +247,36 @@ def check(
     max_clean_drop: Annotated[Optional[float], typer.Option(help="Fail if clean accuracy fell more than this below the baseline (0..1).")] = None,
     baseline: Annotated[Optional[Path], typer.Option(help="Baseline (standard model) results.json for --max-clean-drop.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Which model of a multi-model results file to gate (default: the hardened one).")] = None,
+    norm: Annotated[Optional[NormOpt], typer.Option(help="Fail unless the results were measured under this norm.")] = None,
+    eps: Annotated[Optional[float], typer.Option(help="Fail unless the results were measured at this eps (in the dataset's eps unit).")] = None,
 ) -> None:
-    """CI gate: exit 1, naming the figure, when robust accuracy or the clean-accuracy drop misses its bound."""
+    """CI gate: exit 1, naming model, threat, figure and bound, when a figure misses its bound; exit 2 when the
+    results cannot be trusted (damaged, NaN, out of range) or the gate is misconfigured."""
+    import math
+
     from .results import check as run_check, load_results
 
     if min_robust_accuracy is None and max_clean_drop is None:
         fail("nothing to check: pass --min-robust-accuracy and/or --max-clean-drop")
     for v, flag in ((min_robust_accuracy, "--min-robust-accuracy"), (max_clean_drop, "--max-clean-drop")):
-        if v is not None and not 0 <= v <= 1:
+        if v is not None and not (math.isfinite(v) and 0 <= v <= 1):
             fail(f"{flag} must be a fraction in [0, 1], got {v}")
+    if eps is not None and not (math.isfinite(eps) and eps >= 0):
+        fail(f"--eps must be a number >= 0, got {eps}")
+    passes: list[str] = []
     try:
         data = load_results(results)
         base = load_results(baseline) if baseline else None
-        failures = run_check(data, min_robust_accuracy, max_clean_drop, base, model)
+        failures = run_check(data, min_robust_accuracy, max_clean_drop, base, model,
+                             norm=norm.value if norm else None, eps=eps, passes=passes)
     except ValueError as e:
         fail(str(e))
+    for line in passes:
+        console.print(f"[bold green]PASS[/] {escape(line)}", soft_wrap=True)
     if failures:
         for f in failures:
-            err.print(f"[bold red]FAIL[/] {f}")
+            err.print(f"[bold red]FAIL[/] {escape(f)}")
         raise typer.Exit(1)
-    console.print("[bold green]PASS[/] all robustness gates hold")
 
 
 @app.command()
@@ -253,9 +287,12 @@ def report(
 ) -> None:
     """Compare several evaluated models side by side in one self-contained HTML file."""
     from .report import write_report
-    from .results import load_results, models_of, stamp
+    from .results import load_results, models_of, stamp, threat_key, threat_label
     from .rundir import ARTIFACTS, load_artifacts
 
+    from .rundir import writable_file
+
+    _out(writable_file, out, "report", "report.html")
     models: dict = {}
     artifacts: dict = {}
     claims = None
@@ -275,6 +312,13 @@ def report(
             art = load_artifacts(res_dir / ARTIFACTS, name if "models" in data else entry.get("name", name))
             if art:
                 artifacts[label] = art
+    by_threat: dict[str, list[str]] = {}
+    for label, entry in models.items():
+        by_threat.setdefault(threat_key(entry), []).append(f"{label} ({threat_label(entry)})")
+    if len(by_threat) > 1:
+        groups = "; ".join(", ".join(names) for names in by_threat.values())
+        fail(f"these runs were measured under different threat models and cannot be compared side by side: "
+             f"{groups}. Report each group separately, or re-evaluate them at the same --norm/--eps")
     write_report(stamp({"models": models, "claims": claims}), out, artifacts, title)
     console.print(f"wrote {out} ({len(models)} model{'s' if len(models) != 1 else ''})")
 
@@ -294,6 +338,9 @@ def demo(
     demos = contributions("demos")
     if dataset not in demos:
         fail(f"no demo called {dataset!r}: choose one of {', '.join(demos)} (see `armor list demos`)")
+    from .rundir import writable_dir
+
+    _out(writable_dir, out, "demo output")
     t0 = time.perf_counter()
     try:
         results = demos[dataset](out, seed=seed, quiet=quiet, say=lambda m: err.print(escape(m), style="cyan"))

@@ -59,7 +59,9 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
             (default: 0 to twice eps). curve_suite: attacks per curve point.
         calibration, shift, interpret, masking: which sections to compute (shift and interpret switch off the
             measurements of those names).
-        masking_n: points for the masking checks. state_path: resumable state for the worst-case evaluation.
+        masking_n: points for the masking checks. state_path: resumable state for the worst-case evaluation
+            (see :func:`armor.evaluate`; a directory keys it by what is evaluated); the state is removed once
+            every measurement is done, since nothing is left to resume.
     Returns:
         ``(entry, artifacts)``.
     """
@@ -107,6 +109,8 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
     else:
         entry["masking_flags"] = []
     entry["eval_seconds"]["total"] = round(time.perf_counter() - t0, 3)
+    if result.state_file is not None and result.state_file.exists():
+        result.state_file.unlink()
     return entry, artifacts
 
 
@@ -145,4 +149,5 @@ def measure_run(run_dir: Any, *, norm: Optional[str] = None, eps: Optional[float
     entry, art = measure(model, test, threat, suite=suite or default_suite_for(name),
                          measurements=measurements_for(name), n=n, progress=progress, **kwargs)
     entry.update(run.info())
+    entry["threat"] = run.threat_spec(norm, eps)
     return entry, art

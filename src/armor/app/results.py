@@ -9,6 +9,7 @@ either one entry at the top level (``armor evaluate``) or ``{"models": {name: en
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +23,53 @@ def stamp(obj: dict[str, Any]) -> dict[str, Any]:
     return {"schema": SCHEMA, "armor_version": __version__, **obj}
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fraction(where: str, key: str, v: Any, optional: bool = False) -> None:
+    if v is None and optional:
+        return
+    if not _is_number(v) or not 0 <= v <= 1:
+        raise ValueError(f"{where}: {key} must be a number in [0, 1], got {v!r}; the file is damaged or was "
+                         "edited by hand: re-run `armor evaluate`")
+
+
+def validate_entry(name: str, entry: Any, where: str) -> None:
+    """Check one model's entry against the schema; ``ValueError`` names the model, the key and the value."""
+    at = f"{where}: model {name!r}"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{at} must be an object of figures, got {type(entry).__name__}")
+    missing = [k for k in REQUIRED if k not in entry]
+    if missing:
+        raise ValueError(f"{at} lacks {', '.join(missing)}; the file is damaged or partial")
+    _fraction(at, "clean_accuracy", entry["clean_accuracy"])
+    _fraction(at, "robust_accuracy", entry["robust_accuracy"])
+    if not isinstance(entry["n"], int) or isinstance(entry["n"], bool) or entry["n"] < 1:
+        raise ValueError(f"{at}: n must be a positive integer, got {entry['n']!r}")
+    per_attack = entry["per_attack"]
+    if not isinstance(per_attack, dict):
+        raise ValueError(f"{at}: per_attack must map attack names to their figures, got {per_attack!r:.80}")
+    for attack, rec in per_attack.items():
+        if not isinstance(rec, dict):
+            raise ValueError(f"{at}: per_attack[{attack!r}] must be an object, got {rec!r:.80}")
+        _fraction(f"{at}, attack {attack!r}", "accuracy", rec.get("accuracy"), optional=True)
+        _fraction(f"{at}, attack {attack!r}", "cumulative_accuracy", rec.get("cumulative_accuracy"), optional=True)
+    tm = entry["threat_model"]
+    if not isinstance(tm, dict) or tm.get("norm") not in ("linf", "l2", "l1"):
+        raise ValueError(f"{at}: threat_model must be an object with norm linf, l2 or l1, got {tm!r:.80}")
+    eps = tm.get("eps")
+    if not (_is_number(eps) and eps >= 0) and not (isinstance(eps, list) and eps
+                                                   and all(_is_number(e) and e >= 0 for e in eps)):
+        raise ValueError(f"{at}: threat_model.eps must be a number >= 0 or a list of them, got {eps!r:.80}")
+    for key in ("curve", "masking_flags"):
+        if key in entry and not isinstance(entry[key], list):
+            raise ValueError(f"{at}: {key} must be a list, got {entry[key]!r:.80}")
+    for key in ("calibration", "shift", "cost"):
+        if entry.get(key) is not None and not isinstance(entry[key], dict):
+            raise ValueError(f"{at}: {key} must be an object, got {entry[key]!r:.80}")
+
+
 def load_results(path: Path | str) -> dict[str, Any]:
     """Read and validate a results.json; ``ValueError`` says what is wrong with a damaged or foreign file."""
     path = Path(path)
@@ -30,7 +78,7 @@ def load_results(path: Path | str) -> dict[str, Any]:
     if not path.exists():
         raise ValueError(f"{path} does not exist: run `armor evaluate RUN_DIR --out DIR` to create DIR/results.json")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text())  # NaN and Infinity parse; validate_entry refuses them by name
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); it may be truncated: re-run `armor evaluate`") from None
     if not isinstance(data, dict):
@@ -40,10 +88,12 @@ def load_results(path: Path | str) -> dict[str, Any]:
         raise ValueError(f"{path} has schema {schema!r}, this armor ({_version()}) reads {SCHEMA!r}: "
                          f"it was written by armor {data.get('armor_version', 'unknown')} or another tool; "
                          "re-run `armor evaluate` with this version")
+    if "models" in data and (not isinstance(data["models"], dict) or not data["models"]):
+        raise ValueError(f"{path}: 'models' must be a non-empty object of name -> figures")
+    if data.get("claims") is not None and not isinstance(data["claims"], dict):
+        raise ValueError(f"{path}: 'claims' must be an object, got {data['claims']!r:.80}")
     for name, entry in models_of(data).items():
-        missing = [k for k in REQUIRED if k not in entry]
-        if missing:
-            raise ValueError(f"{path}: model {name!r} lacks {', '.join(missing)}; the file is damaged or partial")
+        validate_entry(name, entry, str(path))
     return data
 
 
@@ -61,35 +111,75 @@ def _version() -> str:
     return __version__
 
 
-def check(data: dict[str, Any], min_robust_accuracy: Optional[float] = None, max_clean_drop: Optional[float] = None,
-          baseline: Optional[dict[str, Any]] = None, model: Optional[str] = None) -> list[str]:
-    """The CI gate: a list of failures (empty means pass), each naming the figure that fell short.
+def threat_label(entry: dict[str, Any]) -> str:
+    """The threat model of an entry as people write it: "linf eps=0.1 (input units)"."""
+    spec = entry.get("threat") if isinstance(entry.get("threat"), dict) else None
+    tm = entry.get("threat_model") or {}
+    if spec and _is_number(spec.get("eps")):
+        return f"{spec.get('norm', tm.get('norm'))} eps={spec['eps']:g} ({spec.get('eps_unit', 'input units')})"
+    eps = tm.get("eps")
+    if isinstance(eps, list):
+        return f"{tm.get('norm')} eps=per-feature (largest {max(eps):.4g} in raw units)"
+    return f"{tm.get('norm')} eps={eps:g}" if _is_number(eps) else f"{tm.get('norm')} eps={eps!r}"
 
-    ``max_clean_drop`` compares clean accuracy with a baseline: the demo's ``claims`` baseline model, or the
-    ``baseline`` results (a standard model's results.json) when given.
+
+def threat_key(entry: dict[str, Any]) -> str:
+    """Two entries were measured under the same threat model iff their keys are equal."""
+    tm = entry.get("threat_model") or {}
+    return json.dumps({"norm": tm.get("norm"), "eps": tm.get("eps"), "bounds": tm.get("bounds"),
+                       "constraints": tm.get("constraints")}, sort_keys=True)
+
+
+def _eps_matches(entry: dict[str, Any], eps: float) -> bool:
+    spec = entry.get("threat") if isinstance(entry.get("threat"), dict) else {}
+    value = spec.get("eps") if _is_number(spec.get("eps")) else (entry.get("threat_model") or {}).get("eps")
+    return _is_number(value) and math.isclose(value, eps, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def check(data: dict[str, Any], min_robust_accuracy: Optional[float] = None, max_clean_drop: Optional[float] = None,
+          baseline: Optional[dict[str, Any]] = None, model: Optional[str] = None, *, norm: Optional[str] = None,
+          eps: Optional[float] = None, passes: Optional[list[str]] = None) -> list[str]:
+    """The CI gate: a list of failures (empty means pass), each naming the model, threat, figure and bound.
+
+    ``norm`` / ``eps`` pin the threat model: results measured under another one fail the gate (a model is not
+    robust at eps 0.1 because it held at 0.02). ``max_clean_drop`` compares clean accuracy with a baseline: the
+    demo's ``claims`` baseline model, or the ``baseline`` results (a standard model's results.json) when given.
+    ``passes``, if given, receives one line per bound that held.
     """
     models = models_of(data)
     if model is not None:
         if model not in models:
             raise ValueError(f"no model {model!r} in the results; it has {', '.join(models)}")
         models = {model: models[model]}
-    elif "claims" in data and data["claims"].get("hardened") in models:
+    elif isinstance(data.get("claims"), dict) and data["claims"].get("hardened") in models:
         models = {data["claims"]["hardened"]: models[data["claims"]["hardened"]]}
-    failures = []
+    failures: list[str] = []
+    held = passes if passes is not None else []
     for name, m in models.items():
-        if min_robust_accuracy is not None and m["robust_accuracy"] < min_robust_accuracy:
-            failures.append(f"{name}: robust accuracy {m['robust_accuracy']:.4f} is below the floor "
-                            f"{min_robust_accuracy:.4f} (threat {m['threat_model']})")
+        label = f"{name} under {threat_label(m)}, n={m['n']}"
+        tm_norm = (m.get("threat_model") or {}).get("norm")
+        if norm is not None and tm_norm != norm:
+            failures.append(f"{label}: measured under the {tm_norm} norm, the gate asks for {norm}")
+            continue
+        if eps is not None and not _eps_matches(m, eps):
+            failures.append(f"{label}: measured at another eps than the gate's eps={eps:g}; evaluate at that eps "
+                            f"(`armor evaluate RUN --eps {eps:g}`)")
+            continue
+        if min_robust_accuracy is not None:
+            line = (f"{label}: robust accuracy {m['robust_accuracy']:.4f} "
+                    f"{'>=' if m['robust_accuracy'] >= min_robust_accuracy else 'is below'} the floor "
+                    f"{min_robust_accuracy:.4f}")
+            (held if m["robust_accuracy"] >= min_robust_accuracy else failures).append(line)
         if max_clean_drop is not None:
             if baseline is not None:
                 base = next(iter(models_of(baseline).values()))["clean_accuracy"]
-            elif "claims" in data and data["claims"].get("baseline") in data.get("models", {}):
+            elif isinstance(data.get("claims"), dict) and data["claims"].get("baseline") in data.get("models", {}):
                 base = data["models"][data["claims"]["baseline"]]["clean_accuracy"]
             else:
                 raise ValueError("--max-clean-drop needs a baseline: pass --baseline STANDARD_RESULTS.json "
                                  "(or check a demo results.json, whose claims name the baseline)")
             drop = base - m["clean_accuracy"]
-            if drop > max_clean_drop:
-                failures.append(f"{name}: clean accuracy dropped by {drop:.4f} ({base:.4f} -> "
-                                f"{m['clean_accuracy']:.4f}), more than the allowed {max_clean_drop:.4f}")
+            line = (f"{label}: clean accuracy dropped by {drop:.4f} ({base:.4f} -> {m['clean_accuracy']:.4f}), "
+                    f"{'within' if drop <= max_clean_drop else 'more than'} the allowed {max_clean_drop:.4f}")
+            (held if drop <= max_clean_drop else failures).append(line)
     return failures

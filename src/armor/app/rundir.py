@@ -14,6 +14,7 @@ that describe it in results.json. :func:`save_artifacts` / :func:`load_artifacts
 from __future__ import annotations
 
 import io
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -115,6 +116,16 @@ class RunDir:
                 return build_threat(self.dataset_name, norm, eps, self.data_dir)
         return ThreatModel(norm, eps, threat.bounds, threat.constraints)
 
+    def threat_spec(self, norm: Optional[str] = None, eps: Optional[float] = None) -> dict[str, Any]:
+        """The threat as people state it, ``{"norm", "eps", "eps_unit"}`` (eps in the dataset's unit): what
+        ``threat(norm, eps)`` builds, for results.json and the CI gate."""
+        recorded = self.metadata.get("threat") or {}
+        tm = self.metadata.get("threat_model") or {}
+        return {"norm": norm or recorded.get("norm") or tm.get("norm"),
+                "eps": eps if eps is not None else recorded.get("eps", tm.get("eps") if not isinstance(
+                    tm.get("eps"), list) else None),
+                "eps_unit": self.eps_unit()}
+
     def eps_unit(self) -> str:
         """What eps means for this run's dataset ("input units", "standard deviations", ...)."""
         recorded = self.metadata.get("threat") or {}
@@ -128,6 +139,32 @@ class RunDir:
                 "dataset": self.dataset_name, "train_seconds": meta.get("train_seconds"),
                 "run_dir": str(self.path),
                 "passes": {"forward": metrics.get("forward"), "backward": metrics.get("backward")}}
+
+
+def writable_dir(path: Any, what: str = "output") -> Path:
+    """Make sure ``path`` is (or can become) a writable directory, before any compute is spent on it.
+
+    Creates it; ``ValueError`` says what is in the way (a file of that name, no permission, a read-only or
+    virtual file system) and to choose another ``--out``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} directory {path} is a file: pass a directory with --out (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".armor-write-check-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write the {what} to {path} ({e.strerror or e}): choose another --out") from None
+    return path
+
+
+def writable_file(path: Any, what: str = "output", example: str = "out") -> Path:
+    """Make sure a file can be written at ``path`` (its directory is created), before any compute is spent."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory: pass a file name, e.g. --out {path / example}")
+    writable_dir(path.parent, what)
+    return path
 
 
 def save_artifacts(path: Any, artifacts_by_model: dict[str, dict[str, Any]]) -> None:
@@ -149,4 +186,5 @@ def load_artifacts(path: Path, name: str) -> dict[str, Any]:
     return items
 
 
-__all__ = ["ARTIFACTS", "EVAL_DIR", "RESULTS", "RunDir", "build_threat", "load_artifacts", "save_artifacts"]
+__all__ = ["ARTIFACTS", "EVAL_DIR", "RESULTS", "RunDir", "build_threat", "load_artifacts", "save_artifacts",
+           "writable_dir", "writable_file"]

@@ -17,6 +17,7 @@ from markupsafe import Markup
 
 from ...metrics import MASKING_REGISTRY
 from ...plugins import domains
+from ..results import threat_label
 
 from . import plots
 
@@ -107,8 +108,8 @@ def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[st
                 html = Markup(env.from_string(sec.template).render(**ctx))
                 sections.append({"id": sec.id, "title": sec.title, "html": html})
     first = next(iter(models.values()))
-    tm = first.get("threat_model") or {}
-    threat = f"{tm.get('norm', '?')}, eps={tm.get('eps', '?')}" if tm else ""
+    labels = sorted({threat_label(m) for m in models.values() if m.get("threat_model")})
+    threat = "; ".join(labels)
     suite = ", ".join(first.get("suite", [])) or "–"
     return env.get_template("report.html.j2").render(
         title=title, version=__version__, generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),

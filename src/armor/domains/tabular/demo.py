@@ -54,6 +54,7 @@ def run_tabular_demo(dataset: str = "breast-cancer", out: Path | str = "runs/dem
         entry, _ = measure(run.model(), test, threat, suite="tabular", measurements=measurements_for(dataset), n=None,
                            seed=seed, attack_kwargs=DEMO_ATTACKS, masking_n=min(200, len(test)))
         entry.update(run.info())
+        entry["threat"] = run.threat_spec()
         models[name] = entry
     add_cost(models)
     c = claims(models, "standard", "cpgd-at")

@@ -88,6 +88,7 @@ def run_demo(dataset: str = "digits", out: Path | str = "runs/demo", *, seed: in
                              eps_grid=default_eps_grid(p.eps, p.curve_points),
                              attack_kwargs={"square": {"n_queries": p.square_queries}})
         entry.update(run.info())
+        entry["threat"] = {"norm": "linf", "eps": p.eps, "eps_unit": "input units"}
         models[name], artifacts[name] = entry, art
 
     # Attack B at test time that no model trained against: L2.
