@@ -229,6 +229,12 @@ def _normalise(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def _fresh_acc() -> dict[str, float]:
+    """An epoch's running sums, all zero (checkpointed with the state, so a resumed epoch keeps its own)."""
+    return {"loss": 0.0, "n": 0.0, "clean_correct": 0.0, "clean_n": 0.0, "adv_correct": 0.0,
+            "adv_n": 0.0, "forward": 0.0, "backward": 0.0, "seconds": 0.0}
+
+
 # ---------------------------------------------------------------------------------------------- the trainer
 class Trainer:
     """Adversarial training with one loop and pluggable recipes, exact resume, and DDP under torchrun.
@@ -557,103 +563,140 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _fit(self) -> TrainResult:
+        """:meth:`fit` inside the process group: set up, start or resume, run the epochs, close the run."""
         self._prepare()
-        d = self._dist
-        self._history: list[dict[str, Any]] = []
-        self._best: dict[str, Any] = {"score": None, "epoch": None, "since": 0}
-        self._train_seconds = 0.0
-        self._last_good = "none (the run stopped before its first checkpoint)"
-        self._last_lr = self.lr * lr_factor(self.lr_schedule, 0.5 / self._total_steps)
-        fresh_acc = {"loss": 0.0, "n": 0.0, "clean_correct": 0.0, "clean_n": 0.0, "adv_correct": 0.0,
-                     "adv_n": 0.0, "forward": 0.0, "backward": 0.0, "seconds": 0.0}
-        start_epoch, start_batch, perm, acc = 0, 0, None, dict(fresh_acc)
-        if self.out_dir is not None:
-            has_state = (self.out_dir / ckpt.STATE).exists()
-            if self.resume:
-                start_epoch, start_batch, perm, acc = self._restore()
-            elif has_state:
-                raise ValueError(f"{self.out_dir} already holds a training run: resume it (--resume "
-                                 f"{self.out_dir}) or choose another output directory")
-            if d.rank == 0:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                if self.config is not None:
-                    atomic_write_text(self.out_dir / ckpt.CONFIG, dump_toml(self.config))
-                ckpt.write_metadata(self.out_dir, self._metadata("running"))
+        start_epoch, start_batch, perm, acc = self._start_or_resume()
         raw = self.model
-        train_model: nn.Module = raw
-        if d.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            train_model = DDP(raw, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        train_model = self._training_model()
         self._counter.attach(raw)
         ctx = StepContext(self)
         ctx.attack_model = raw
         best_state: dict[str, torch.Tensor] = {}
         if self.resume and self._best.get("epoch") is not None:
             best_state = ckpt.load_weights(self.out_dir / ckpt.WEIGHTS["best"])
-        status = "finished"
-        progress = _Progress(enabled=not self.quiet and d.rank == 0)
-        div = self.recipe.epoch_divisor
-        epoch = start_epoch
-        batch = start_batch
-        try:
-            with progress:
-                for epoch in range(start_epoch, self._loop_epochs):
-                    if self._stop_requested():
-                        status = "early_stopped"
-                        break
-                    if start_batch == 0 or perm is None:
-                        perm = torch.randperm(len(self.y), generator=self._data_gen)
-                        acc = dict(fresh_acc)
-                    first = start_batch
-                    start_batch = 0
-                    raw.train()
-                    task = progress.start_epoch(epoch, self._loop_epochs, self._n_batches, first)
-                    for batch in range(first, self._n_batches):
-                        t0 = time.perf_counter()
-                        f0, b0 = self._counter.forward, self._counter.backward
-                        idx = perm[batch * self.batch_size:(batch + 1) * self.batch_size].to(self.device)
-                        shard = torch.tensor_split(idx, d.world)[d.rank]
-                        ctx.shard_weight = len(shard) * d.world / len(idx)
-                        ctx.epoch = (epoch + batch / self._n_batches) * div
-                        if self.eps_warmup and self.threat is not None:
-                            ctx.eps_scale = min(1.0, ((epoch * self._n_batches + batch + 1) / self._n_batches) * div
-                                                / self.eps_warmup)
-                            ctx.threat = self.threat.scaled(ctx.eps_scale)
-                        stats = self.recipe.step(train_model, self.x[shard], self.y[shard], ctx)
-                        self._accumulate(acc, stats)
-                        acc["forward"] += self._counter.forward - f0
-                        acc["backward"] += self._counter.backward - b0
-                        acc["seconds"] += time.perf_counter() - t0
-                        progress.update(task, acc, d.world)
-                        if (self.checkpoint_every and (batch + 1) % self.checkpoint_every == 0
-                                and batch + 1 < self._n_batches):
-                            self._save_state(epoch, batch + 1, perm, acc)
-                    self._check_weights()
-                    record = self._end_epoch(epoch, acc, ctx)
-                    progress.epoch_done(record)
-                    improved = record["best"]
-                    stop = self._stop_requested()
-                    self._write_epoch_files(improved, "early_stopped" if stop else "running")
-                    if improved:
-                        best_state = ckpt.state_tensors(raw)
-                    self._save_state(epoch + 1, 0, None, fresh_acc)
-                    if stop:
-                        status = "early_stopped"
-                        break
-        except NonFiniteLossError as e:
-            where = f"epoch {epoch + 1}, batch {batch + 1}"
-            message = (f"training stopped: {e} at {where} (lr {self._last_lr:.3g}); the last good checkpoint "
-                       f"({self._last_good}) is kept" + (f" in {self.out_dir}" if self.out_dir else "")
-                       + ": lower the learning rate or check the data, then start again or resume")
-            if d.rank == 0 and self.out_dir is not None:
-                ckpt.write_metadata(self.out_dir, self._metadata("diverged", message))
-            raise NonFiniteLossError(message) from None
-        if d.rank == 0 and self.out_dir is not None:
+        status, best_state = self._run_epochs(train_model, ctx, start_epoch, start_batch, perm, acc, best_state)
+        if self._dist.rank == 0 and self.out_dir is not None:
             ckpt.write_metadata(self.out_dir, self._metadata(status))
         raw.eval()
         return TrainResult(self.out_dir, list(self._history), self._best.get("epoch"), self._best.get("score"),
                            status, self._train_seconds, raw, best_state)
+
+    def _start_or_resume(self) -> tuple[int, int, Optional[torch.Tensor], dict[str, float]]:
+        """Set up a fresh run, or restore the saved one with ``resume``, and open the run directory.
+
+        Returns where the loop starts: ``(epoch, batch, the epoch's data order or None, the epoch's sums)``.
+        """
+        self._history: list[dict[str, Any]] = []
+        self._best: dict[str, Any] = {"score": None, "epoch": None, "since": 0}
+        self._train_seconds = 0.0
+        self._last_good = "none (the run stopped before its first checkpoint)"
+        # what a divergence before the first optimizer step reports
+        self._last_lr = self.lr * lr_factor(self.lr_schedule, 0.5 / self._total_steps)
+        start: tuple[int, int, Optional[torch.Tensor], dict[str, float]] = (0, 0, None, _fresh_acc())
+        if self.out_dir is None:
+            return start
+        if self.resume:
+            start = self._restore()
+        elif (self.out_dir / ckpt.STATE).exists():
+            raise ValueError(f"{self.out_dir} already holds a training run: resume it (--resume "
+                             f"{self.out_dir}) or choose another output directory")
+        if self._dist.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.config is not None:
+                atomic_write_text(self.out_dir / ckpt.CONFIG, dump_toml(self.config))
+            ckpt.write_metadata(self.out_dir, self._metadata("running"))
+        return start
+
+    def _training_model(self) -> nn.Module:
+        """The module the recipe steps: the model itself, or its DDP wrapper under torchrun (attacks and
+        checkpoints always use the bare model)."""
+        if self._dist.world == 1:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _run_epochs(self, train_model: nn.Module, ctx: StepContext, start_epoch: int, start_batch: int,
+                    perm: Optional[torch.Tensor], acc: dict[str, float], best_state: dict[str, torch.Tensor]
+                    ) -> tuple[str, dict[str, torch.Tensor]]:
+        """The epoch loop, from ``(start_epoch, start_batch)`` to the budget or early stopping.
+
+        Returns the status (``"finished"`` or ``"early_stopped"``) and the best weights; a non-finite loss or
+        weight ends the run with :meth:`_diverged`.
+        """
+        progress = _Progress(enabled=not self.quiet and self._dist.rank == 0)
+        epoch, batch = start_epoch, start_batch  # where the run is, for the divergence message
+        try:
+            with progress:
+                for epoch in range(start_epoch, self._loop_epochs):
+                    if self._stop_requested():  # a resumed run that had already run out of patience
+                        return "early_stopped", best_state
+                    # A resumed mid-epoch run keeps the saved order and sums; a new epoch draws its order.
+                    if start_batch == 0 or perm is None:
+                        perm = torch.randperm(len(self.y), generator=self._data_gen)
+                        acc = _fresh_acc()
+                    first, start_batch = start_batch, 0
+                    self.model.train()
+                    task = progress.start_epoch(epoch, self._loop_epochs, self._n_batches, first)
+                    for batch in range(first, self._n_batches):
+                        self._train_batch(train_model, ctx, epoch, batch, perm, acc)
+                        progress.update(task, acc, self._dist.world)
+                        # mid-epoch checkpoints only: the epoch's end saves its own state below
+                        if (self.checkpoint_every and (batch + 1) % self.checkpoint_every == 0
+                                and batch + 1 < self._n_batches):
+                            self._save_state(epoch, batch + 1, perm, acc)
+                    improved, stop = self._close_epoch(epoch, acc, ctx, progress)
+                    if improved:
+                        best_state = ckpt.state_tensors(self.model)
+                    self._save_state(epoch + 1, 0, None, _fresh_acc())
+                    if stop:
+                        return "early_stopped", best_state
+        except NonFiniteLossError as e:
+            raise self._diverged(e, epoch, batch) from None
+        return "finished", best_state
+
+    def _train_batch(self, train_model: nn.Module, ctx: StepContext, epoch: int, batch: int, perm: torch.Tensor,
+                     acc: dict[str, float]) -> None:
+        """One minibatch: this process's shard of it, the warm-up's eps, one ``recipe.step``, and its sums
+        (loss, accuracies, passes and time) added to ``acc``."""
+        d = self._dist
+        t0 = time.perf_counter()
+        f0, b0 = self._counter.forward, self._counter.backward
+        idx = perm[batch * self.batch_size:(batch + 1) * self.batch_size].to(self.device)
+        shard = torch.tensor_split(idx, d.world)[d.rank]
+        ctx.shard_weight = len(shard) * d.world / len(idx)
+        ctx.epoch = (epoch + batch / self._n_batches) * self.recipe.epoch_divisor
+        if self.eps_warmup and self.threat is not None:
+            ctx.eps_scale = min(1.0, ((epoch * self._n_batches + batch + 1) / self._n_batches)
+                                * self.recipe.epoch_divisor / self.eps_warmup)
+            ctx.threat = self.threat.scaled(ctx.eps_scale)
+        stats = self.recipe.step(train_model, self.x[shard], self.y[shard], ctx)
+        self._accumulate(acc, stats)
+        acc["forward"] += self._counter.forward - f0
+        acc["backward"] += self._counter.backward - b0
+        acc["seconds"] += time.perf_counter() - t0
+
+    def _close_epoch(self, epoch: int, acc: dict[str, float], ctx: StepContext, progress: "_Progress"
+                     ) -> tuple[bool, bool]:
+        """End-of-epoch bookkeeping before the state is saved: check the weights, record and validate the epoch
+        (:meth:`_record_epoch`), and write the weights and metrics. Returns ``(improved, stop)``."""
+        self._check_weights()
+        record = self._record_epoch(epoch, acc, ctx)
+        progress.epoch_done(record)
+        stop = self._stop_requested()
+        self._write_epoch_files(record["best"], "early_stopped" if stop else "running")
+        return record["best"], stop
+
+    def _diverged(self, error: NonFiniteLossError, epoch: int, batch: int) -> NonFiniteLossError:
+        """The error that ends a diverged run, saying where and what to do; marks the run ``diverged`` (the
+        last good checkpoint stays as it was)."""
+        where = f"epoch {epoch + 1}, batch {batch + 1}"
+        message = (f"training stopped: {error} at {where} (lr {self._last_lr:.3g}); the last good checkpoint "
+                   f"({self._last_good}) is kept" + (f" in {self.out_dir}" if self.out_dir else "")
+                   + ": lower the learning rate or check the data, then start again or resume")
+        if self._dist.rank == 0 and self.out_dir is not None:
+            ckpt.write_metadata(self.out_dir, self._metadata("diverged", message))
+        return NonFiniteLossError(message)
 
     def _stop_requested(self) -> bool:
         return bool(self.patience) and self._best.get("since", 0) >= self.patience
@@ -669,7 +712,9 @@ class Trainer:
             acc["adv_correct"] += s.adv_correct
             acc["adv_n"] += s.n
 
-    def _end_epoch(self, epoch: int, acc: dict[str, float], ctx: StepContext) -> dict[str, Any]:
+    def _record_epoch(self, epoch: int, acc: dict[str, float], ctx: StepContext) -> dict[str, Any]:
+        """The epoch's metrics record (summed over processes, validated), appended to the history; updates the
+        best-epoch selection and the patience count, and sets ``record["best"]``."""
         keys = ["loss", "n", "clean_correct", "clean_n", "adv_correct", "adv_n", "forward", "backward"]
         tot = dict(zip(keys, self._dist.all_reduce_sum([acc[k] for k in keys])))
         seconds = acc["seconds"]

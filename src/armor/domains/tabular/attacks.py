@@ -12,6 +12,7 @@ themselves, knowing the budget.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -224,79 +225,120 @@ def constrained_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threa
         raise ValueError(f"need population >= 2 and generations >= 0, got {population} and {generations}")
     if not 0 < mutation <= 1:
         raise ValueError(f"mutation must be a probability in (0, 1], got {mutation}")
-    loss_fn = get_loss(loss)
+    fitness = functools.partial(_fitness, model, get_loss(loss), y, target)
     n, d = x.shape
-    P = population
     lo, hi = cons.box(x, threat)
     switch = cons.switchable(threat, x)
-    t = cons._t(x.device)
-    # Crossover inherits each categorical group whole: every member follows the coin of the group's first member.
-    coin_of = torch.arange(d, device=x.device)
-    for idx, _ in t["groups"]:
-        coin_of[idx] = idx[0]
-
+    coin_of = _crossover_coins(cons, d, x.device)
     best_x = x.clone()
     best_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
     best_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
 
-    def score(pop: torch.Tensor, rows: torch.Tensor, first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = pop.reshape(-1, d)
-        yi = y[rows].repeat_interleave(P)
-        ti = None if target is None else target[rows].repeat_interleave(P)
-        with torch.no_grad():
-            logits = model(flat)
-        if first:
-            check_logits(logits, yi)
-        return loss_fn(logits, yi, ti).view(-1, P), is_fooled(logits, yi, ti).view(-1, P)
-
     with attack_mode(model):
         g = default_generator(generator, x.device)
-        idx = torch.arange(n, device=x.device)
-        xr = x.repeat_interleave(P, dim=0)
-        start = _random_moves(xr, lo.repeat_interleave(P, 0), hi.repeat_interleave(P, 0), cons, switch, 0.5, g)
-        pop = threat.project(start, xr).view(n, P, d)
-        pop[:, 0] = x  # the clean point competes too: the result is never worse than no attack
-        fit, fool = score(pop, idx, first=True)
+        idx = torch.arange(n, device=x.device)  # the samples still evolving
+        pop = _first_generation(x, lo, hi, threat, cons, switch, population, g)
+        fit, fool = fitness(pop, idx, first=True)
         for gen in range(generations + 1):
-            # Record each sample's champion (fooled first, then fitness).
-            key = fit + fool.to(fit.dtype) * (fit.abs().max() + 1) * 2 if fit.numel() else fit
-            champ = key.argmax(dim=1)
-            c_loss = fit.gather(1, champ[:, None]).squeeze(1)
-            c_fool = fool.gather(1, champ[:, None]).squeeze(1)
-            better = _better(c_fool, c_loss, best_fooled[idx], best_loss[idx])
-            upd = idx[better]
-            best_x[upd] = pop[better, champ[better]]
-            best_loss[upd], best_fooled[upd] = c_loss[better], c_fool[better]
+            _keep_champions(pop, fit, fool, idx, best_x, best_loss, best_fooled)
             if gen == generations:
                 break
-            if early_stop:
+            if early_stop:  # a sample whose best fools the model leaves the search
                 keep = ~best_fooled[idx]
                 idx, pop, fit, fool = idx[keep], pop[keep], fit[keep], fool[keep]
                 if idx.numel() == 0:
                     break
-            m = idx.numel()
-            xi = x[idx].repeat_interleave(P, dim=0)
-            loi, hii = lo[idx].repeat_interleave(P, 0), hi[idx].repeat_interleave(P, 0)
-            # Binary tournaments pick two parents per child.
-            a = torch.randint(0, P, (m, P, 2), generator=g, device=x.device)
-            b = torch.randint(0, P, (m, P, 2), generator=g, device=x.device)
-            fa, fb = fit.gather(1, a.view(m, -1)).view(m, P, 2), fit.gather(1, b.view(m, -1)).view(m, P, 2)
-            parents = torch.where(fa >= fb, a, b)
-            pa = pop.gather(1, parents[..., 0:1].expand(m, P, d))
-            pb = pop.gather(1, parents[..., 1:2].expand(m, P, d))
-            coins = torch.rand(m, P, d, generator=g, device=x.device)[..., coin_of] < 0.5
-            child = torch.where(coins, pa, pb).reshape(-1, d)
-            child = _random_moves(child, loi, hii, cons, switch, mutation, g)
-            child = threat.project(child, xi).view(m, P, d)
-            c_fit, c_fool = score(child, idx)
-            # (mu + lambda) survival: the best P of parents and children, fooled ones first.
-            all_pop = torch.cat([pop, child], dim=1)
-            all_fit, all_fool = torch.cat([fit, c_fit], dim=1), torch.cat([fool, c_fool], dim=1)
-            rank = all_fit + all_fool.to(all_fit.dtype) * (all_fit.abs().max() + 1) * 2
-            keep_idx = rank.topk(P, dim=1).indices
-            pop = all_pop.gather(1, keep_idx[..., None].expand(m, P, d))
-            fit, fool = all_fit.gather(1, keep_idx), all_fool.gather(1, keep_idx)
+            child = _offspring(pop, fit, x[idx], lo[idx], hi[idx], threat, cons, switch, coin_of, mutation, g)
+            c_fit, c_fool = fitness(child, idx)
+            pop, fit, fool = _survivors(pop, fit, fool, child, c_fit, c_fool)
     return best_x.detach()
+
+
+def _fitness(model: nn.Module, loss_fn, y: torch.Tensor, target: Optional[torch.Tensor], pop: torch.Tensor,
+             rows: torch.Tensor, first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and fooled flag (each ``m×P``) of a population ``pop`` (``m×P×D``) of the samples ``rows``, in one
+    batched forward pass; ``first`` also checks the logits (once per call of the attack)."""
+    P, d = pop.shape[1], pop.shape[2]
+    flat = pop.reshape(-1, d)
+    yi = y[rows].repeat_interleave(P)
+    ti = None if target is None else target[rows].repeat_interleave(P)
+    with torch.no_grad():
+        logits = model(flat)
+    if first:
+        check_logits(logits, yi)
+    return loss_fn(logits, yi, ti).view(-1, P), is_fooled(logits, yi, ti).view(-1, P)
+
+
+def _rank(fit: torch.Tensor, fool: torch.Tensor) -> torch.Tensor:
+    """A sort key under which any fooled individual outranks every unfooled one, then the higher loss wins."""
+    return fit + fool.to(fit.dtype) * (fit.abs().max() + 1) * 2
+
+
+def _crossover_coins(cons: TabularConstraints, d: int, device: torch.device) -> torch.Tensor:
+    """For each feature, the feature whose coin it follows in crossover: itself, except that every member of a
+    categorical group follows the group's first member, so a child inherits the group whole (stays one-hot)."""
+    coin_of = torch.arange(d, device=device)
+    for idx, _ in cons._t(device)["groups"]:
+        coin_of[idx] = idx[0]
+    return coin_of
+
+
+def _first_generation(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, threat: ThreatModel,
+                      cons: TabularConstraints, switch: list[bool], P: int, g: torch.Generator) -> torch.Tensor:
+    """``N×P×D``: per sample, the clean point and ``P - 1`` random moves of it (each coordinate with
+    probability 1/2), repaired."""
+    n, d = x.shape
+    xr = x.repeat_interleave(P, dim=0)
+    start = _random_moves(xr, lo.repeat_interleave(P, 0), hi.repeat_interleave(P, 0), cons, switch, 0.5, g)
+    pop = threat.project(start, xr).view(n, P, d)
+    pop[:, 0] = x  # the clean point competes too: the result is never worse than no attack
+    return pop
+
+
+def _keep_champions(pop: torch.Tensor, fit: torch.Tensor, fool: torch.Tensor, idx: torch.Tensor,
+                    best_x: torch.Tensor, best_loss: torch.Tensor, best_fooled: torch.Tensor) -> None:
+    """Each sample's champion of this generation (fooled first, then fitness) replaces its best so far
+    (``best_*``, indexed by ``idx``, updated in place) if it beats it."""
+    key = _rank(fit, fool) if fit.numel() else fit  # no samples: nothing to rank (and no max)
+    champ = key.argmax(dim=1)
+    c_loss = fit.gather(1, champ[:, None]).squeeze(1)
+    c_fool = fool.gather(1, champ[:, None]).squeeze(1)
+    better = _better(c_fool, c_loss, best_fooled[idx], best_loss[idx])
+    upd = idx[better]
+    best_x[upd] = pop[better, champ[better]]
+    best_loss[upd], best_fooled[upd] = c_loss[better], c_fool[better]
+
+
+def _offspring(pop: torch.Tensor, fit: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+               threat: ThreatModel, cons: TabularConstraints, switch: list[bool], coin_of: torch.Tensor,
+               mutation: float, g: torch.Generator) -> torch.Tensor:
+    """``P`` children per sample (``m×P×D``, for the clean rows ``x`` and boxes ``lo``/``hi`` of the ``m``
+    samples still evolving): binary-tournament parents, uniform crossover, mutation, repair."""
+    m, P, d = pop.shape
+    xi = x.repeat_interleave(P, dim=0)
+    loi, hii = lo.repeat_interleave(P, 0), hi.repeat_interleave(P, 0)
+    # Binary tournaments pick two parents per child: the fitter of two random individuals, twice.
+    a = torch.randint(0, P, (m, P, 2), generator=g, device=x.device)
+    b = torch.randint(0, P, (m, P, 2), generator=g, device=x.device)
+    fa, fb = fit.gather(1, a.view(m, -1)).view(m, P, 2), fit.gather(1, b.view(m, -1)).view(m, P, 2)
+    parents = torch.where(fa >= fb, a, b)
+    pa = pop.gather(1, parents[..., 0:1].expand(m, P, d))
+    pb = pop.gather(1, parents[..., 1:2].expand(m, P, d))
+    coins = torch.rand(m, P, d, generator=g, device=x.device)[..., coin_of] < 0.5
+    child = torch.where(coins, pa, pb).reshape(-1, d)
+    child = _random_moves(child, loi, hii, cons, switch, mutation, g)
+    return threat.project(child, xi).view(m, P, d)
+
+
+def _survivors(pop: torch.Tensor, fit: torch.Tensor, fool: torch.Tensor, child: torch.Tensor, c_fit: torch.Tensor,
+               c_fool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mu + lambda) survival: the best ``P`` of parents and children, fooled ones first, with their fitness."""
+    m, P, d = pop.shape
+    all_pop = torch.cat([pop, child], dim=1)
+    all_fit, all_fool = torch.cat([fit, c_fit], dim=1), torch.cat([fool, c_fool], dim=1)
+    keep_idx = _rank(all_fit, all_fool).topk(P, dim=1).indices
+    return (all_pop.gather(1, keep_idx[..., None].expand(m, P, d)), all_fit.gather(1, keep_idx),
+            all_fool.gather(1, keep_idx))
 
 
 TABULAR_ATTACKS: dict[str, AttackSpec] = {

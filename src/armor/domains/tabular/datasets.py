@@ -30,7 +30,7 @@ import torch
 from ...data.base import Dataset, stratified_split
 from ...threat import ThreatModel
 from .constraints import threat_from_schema
-from .schema import Schema, load_schema
+from .schema import Group, Schema, load_schema
 
 _MISSING = {"", "na", "n/a", "nan", "null", "?"}  # in numeric columns; a categorical cell is missing only if empty
 
@@ -56,9 +56,8 @@ def read_table(path: Union[str, Path], schema: Schema, *, label: Optional[str] =
         label: the label column (default ``schema.label``). label_map: label strings to class indices (default:
             the labels must be integers).
         on_missing: ``"error"`` (default): a missing cell (empty; in numeric columns also NA, N/A, NaN, null,
-            ?) is a ``ValueError`` naming
-            its line and column; ``"drop"``: rows with a missing cell are dropped, with a warning that counts
-            them. A non-numeric or infinite value is always an error.
+            ?) is a ``ValueError`` naming its line and column; ``"drop"``: rows with a missing cell are dropped,
+            with a warning that counts them. A non-numeric or infinite value is always an error.
     Returns:
         ``(x, y)``: float64 N×D in schema order and int64 labels.
     """
@@ -68,6 +67,22 @@ def read_table(path: Union[str, Path], schema: Schema, *, label: Optional[str] =
     label = label or schema.label
     if label is None:
         raise ValueError(f"schema {schema.source}: name the label column (label = \"...\" in the schema, or label=)")
+    header, body = _read_rows(path)
+    groups = {g.name: g for g in schema.groups}
+    columns = _schema_columns(schema)
+    cells, lines = _select_columns(path, header, body, columns + [label], schema.name)
+    cells, lines = _handle_missing(path, cells, lines, groups, on_missing)
+    if not lines:
+        raise ValueError(f"{path}: no rows left")
+    # one block per column, in schema order: a categorical group's one-hot members, or one numeric feature
+    blocks = [_one_hot(cells[c], groups[c], path, c, lines) if c in groups
+              else _numeric(cells[c], path, c, lines)[:, None] for c in columns]
+    return np.concatenate(blocks, axis=1), _labels(cells[label], label_map, path, label, lines)
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The stripped header and the non-empty data rows, each with its line number (for error messages); every
+    row must have as many fields as the header."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     opener = gzip.open if path.suffix == ".gz" else open
@@ -81,69 +96,83 @@ def read_table(path: Union[str, Path], schema: Schema, *, label: Optional[str] =
     for line, r in body:
         if len(r) != len(header):
             raise ValueError(f"{path}: line {line} has {len(r)} fields, the header has {len(header)}")
-    groups = {g.name: g for g in schema.groups}
+    return header, body
+
+
+def _schema_columns(schema: Schema) -> list[str]:
+    """The CSV columns the schema's features come from, in schema order: one per numeric feature, one per
+    categorical group (whose one-hot members share it)."""
     columns: list[str] = []
     for feat in schema.features:
         col = feat.group if feat.group is not None else feat.name
         if col not in columns:
             columns.append(col)
-    missing_cols = [c for c in columns + [label] if c not in header]
+    return columns
+
+
+def _select_columns(path: Path, header: list[str], body: list[tuple[int, list[str]]], needed: list[str],
+                    schema_name: str) -> tuple[dict[str, list[str]], list[int]]:
+    """The stripped cells of each ``needed`` column, by name, and the rows' line numbers."""
+    missing_cols = [c for c in needed if c not in header]
     if missing_cols:
-        raise ValueError(f"{path}: missing column(s) {missing_cols} that schema {schema.name!r} needs; "
+        raise ValueError(f"{path}: missing column(s) {missing_cols} that schema {schema_name!r} needs; "
                          f"the header has {header}")
-    cells = {c: [r[header.index(c)].strip() for _, r in body] for c in columns + [label]}
-    lines = [line for line, _ in body]
-    missing = np.zeros(len(body), dtype=bool)
+    cells = {c: [r[header.index(c)].strip() for _, r in body] for c in needed}
+    return cells, [line for line, _ in body]
+
+
+def _handle_missing(path: Path, cells: dict[str, list[str]], lines: list[int], groups: dict[str, Group],
+                    on_missing: str) -> tuple[dict[str, list[str]], list[int]]:
+    """Raise on the first row with a missing cell (``on_missing="error"``) or drop every such row with one
+    warning (``"drop"``). A categorical cell is missing only if empty: "NA" may be a category name."""
     def is_missing(c: str, v: str) -> bool:
         return v == "" if c in groups else v.lower() in _MISSING
 
+    missing = np.zeros(len(lines), dtype=bool)
     for c, vals in cells.items():
         missing |= np.array([is_missing(c, v) for v in vals])
-    if missing.any():
-        if on_missing == "error":
-            r = int(np.flatnonzero(missing)[0])
-            c = next(c for c, vals in cells.items() if is_missing(c, vals[r]))
-            raise ValueError(f"{path}: missing value at line {lines[r]}, column {c!r} ({int(missing.sum())} row(s) "
-                             "have one); fill or drop them first, or pass on_missing='drop'")
-        warnings.warn(f"{path}: dropped {int(missing.sum())} of {len(body)} rows with missing values", stacklevel=2)
-        keep = np.flatnonzero(~missing)
-        cells = {c: [vals[i] for i in keep] for c, vals in cells.items()}
-        lines = [lines[i] for i in keep]
-    n = len(lines)
-    if n == 0:
-        raise ValueError(f"{path}: no rows left")
-    blocks = []
-    for c in columns:
-        vals = cells[c]
-        if c in groups:
-            g = groups[c]
-            lookup = {cat: i for i, cat in enumerate(g.categories)}
-            codes = np.empty(n, dtype=np.int64)
-            for i, v in enumerate(vals):
-                if v not in lookup:
-                    raise ValueError(f"{path}: line {lines[i]}, column {c!r}: unknown category {v!r}; the schema "
-                                     f"allows {list(g.categories)}")
-                codes[i] = lookup[v]
-            blocks.append(np.eye(len(g.categories))[codes])
-        else:
-            blocks.append(_numeric(vals, path, c, lines)[:, None])
-    x = np.concatenate(blocks, axis=1)
-    labels = cells[label]
+    if not missing.any():
+        return cells, lines
+    if on_missing == "error":
+        r = int(np.flatnonzero(missing)[0])
+        c = next(c for c, vals in cells.items() if is_missing(c, vals[r]))
+        raise ValueError(f"{path}: missing value at line {lines[r]}, column {c!r} ({int(missing.sum())} row(s) "
+                         "have one); fill or drop them first, or pass on_missing='drop'")
+    # stacklevel 3: the warning points at read_table's caller
+    warnings.warn(f"{path}: dropped {int(missing.sum())} of {len(lines)} rows with missing values", stacklevel=3)
+    keep = np.flatnonzero(~missing)
+    return {c: [vals[i] for i in keep] for c, vals in cells.items()}, [lines[i] for i in keep]
+
+
+def _one_hot(vals: list[str], group: Group, path: Path, col: str, lines: list[int]) -> np.ndarray:
+    """The one-hot block (N×K, float64) of a categorical column; an unknown category is an error."""
+    lookup = {cat: i for i, cat in enumerate(group.categories)}
+    codes = np.empty(len(vals), dtype=np.int64)
+    for i, v in enumerate(vals):
+        if v not in lookup:
+            raise ValueError(f"{path}: line {lines[i]}, column {col!r}: unknown category {v!r}; the schema "
+                             f"allows {list(group.categories)}")
+        codes[i] = lookup[v]
+    return np.eye(len(group.categories))[codes]
+
+
+def _labels(vals: list[str], label_map: Optional[dict[str, int]], path: Path, col: str,
+            lines: list[int]) -> np.ndarray:
+    """int64 class indices: through ``label_map`` if given, else the cells must be integers >= 0."""
     if label_map is not None:
-        bad = [v for v in labels if v not in label_map]
+        bad = [v for v in vals if v not in label_map]
         if bad:
-            raise ValueError(f"{path}: column {label!r}: unknown label {bad[0]!r}; expected one of {list(label_map)}")
-        y = np.array([label_map[v] for v in labels], dtype=np.int64)
-    else:
-        yf = _numeric(labels, path, label, lines)
-        if not np.all(yf == np.round(yf)) or (yf < 0).any():
-            i = int(np.flatnonzero((yf != np.round(yf)) | (yf < 0))[0])
-            raise ValueError(f"{path}: line {lines[i]}, column {label!r}: label {labels[i]!r} is not a class index")
-        y = yf.astype(np.int64)
-    return x, y
+            raise ValueError(f"{path}: column {col!r}: unknown label {bad[0]!r}; expected one of {list(label_map)}")
+        return np.array([label_map[v] for v in vals], dtype=np.int64)
+    yf = _numeric(vals, path, col, lines)
+    if not np.all(yf == np.round(yf)) or (yf < 0).any():
+        i = int(np.flatnonzero((yf != np.round(yf)) | (yf < 0))[0])
+        raise ValueError(f"{path}: line {lines[i]}, column {col!r}: label {vals[i]!r} is not a class index")
+    return yf.astype(np.int64)
 
 
 def _numeric(vals: list[str], path: Path, col: str, lines: list[int]) -> np.ndarray:
+    """float64 values of a numeric column; a non-numeric or non-finite cell is an error naming its line."""
     try:
         out = np.array(vals, dtype=np.float64)
     except ValueError:
