@@ -1,15 +1,20 @@
 """The run configuration behind `armor train`: one flat set of options, from the CLI or a TOML file.
 
-Every CLI option is a key of :class:`TrainConfig` (dashes or underscores both work in TOML). The resolved
-configuration is stored in the run directory as ``config.toml``, so ``armor train --config RUN/config.toml``
-repeats a run. :func:`train` turns a configuration into a trained run directory.
+Every CLI option is a key of :class:`TrainConfig` (dashes or underscores both work in TOML). The options that
+set recipe parameters are not written here: :class:`TrainConfig`'s fields for them, which recipes take which
+(:func:`recipe_options`), the CLI options and their help all come from the parameters the recipes declare
+(:meth:`armor.training.recipes.Recipe.declared_params`), armor's and the installed domains' alike. (A domain
+registered at run time after this module was imported can use the existing option keys, not add new ones.)
+
+The resolved configuration is stored in the run directory as ``config.toml``, so ``armor train --config
+RUN/config.toml`` repeats a run. :func:`train` turns a configuration into a trained run directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import typing
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -21,27 +26,52 @@ from typing import Any, Optional, Union
 # Keys that say how to run, not what to train: they may differ between a run and its resume.
 RUNTIME_KEYS = ("out", "resume", "quiet", "config", "checkpoint_every", "device")
 
-# Recipe parameters: config key -> (recipe parameter, recipes that take it).
-RECIPE_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "adv_ratio": ("adv_ratio", ("pgd-at", "multi", "awp")),
-    "beta": ("beta", ("trades", "mart", "awp")),
-    "steps": ("steps", ("pgd-at", "trades", "mart", "multi", "awp")),
-    "step_size": ("step_size", ("pgd-at", "trades", "mart", "fast-at", "free-at", "multi", "awp")),
-    "random_start": ("random_start", ("pgd-at", "mart", "multi", "awp")),
-    "fast_variant": ("variant", ("fast-at",)),
-    "noise": ("noise", ("fast-at",)),
-    "replays": ("replays", ("free-at",)),
-    "awp_base": ("base", ("awp",)),
-    "awp_gamma": ("gamma", ("awp",)),
-    "awp_warmup": ("warmup", ("awp",)),
-    "multi_threats": ("threats", ("multi",)),
-    "multi_mode": ("mode", ("multi",)),
-}
+
+@dataclass
+class RecipeOption:
+    """One `armor train` option that sets a recipe parameter, as the recipes declare it
+    (:meth:`armor.training.recipes.Recipe.declared_params`).
+
+    ``key`` is the TrainConfig field, config.toml key and ``--key`` option; ``params`` maps each recipe that
+    takes it to its declaration (whose ``name`` is the recipe's own argument, e.g. ``fast_variant`` -> ``variant``).
+    """
+
+    key: str
+    type: type
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def recipes(self) -> tuple[str, ...]:
+        return tuple(self.params)
+
+    def help(self) -> str:
+        """Per recipe (recipes that declare it alike share a sentence): what it does and its default."""
+        groups: dict[str, list[str]] = {}
+        for recipe, p in self.params.items():
+            groups.setdefault(p.describe(), []).append(recipe)
+        return " ".join(f"{', '.join(recipes)}: {text}." for text, recipes in groups.items())
+
+
+def recipe_options() -> dict[str, RecipeOption]:
+    """Every recipe option, from the declared parameters of :func:`armor.training.recipes.all_recipes` (armor's
+    recipes and those the domains contribute)."""
+    from ..training.recipes import all_recipes
+
+    options: dict[str, RecipeOption] = {}
+    for recipe, cls in all_recipes().items():
+        for p in cls.declared_params():
+            option = options.setdefault(p.config_key, RecipeOption(p.config_key, p.type))
+            if option.type is not p.type:
+                raise TypeError(f"recipe option {p.config_key!r} is a {option.type.__name__} for "
+                                f"{', '.join(option.recipes)} but a {p.type.__name__} for {recipe}: give one of "
+                                f"them another config_key")
+            option.params[recipe] = p
+    return options
 
 
 @dataclass
-class TrainConfig:
-    """Everything `armor train` accepts. ``None`` means "the default of the recipe / optimizer / dataset"."""
+class _Options:
+    """The options that are not recipe parameters; :class:`TrainConfig` adds those after ``recipe``."""
 
     # data and model
     dataset: str = "digits"
@@ -52,21 +82,8 @@ class TrainConfig:
     # threat model
     norm: str = "linf"
     eps: float = 0.1
-    # recipe
+    # recipe (its parameters follow here in TrainConfig)
     recipe: str = "pgd-at"
-    adv_ratio: Optional[float] = None
-    beta: Optional[float] = None
-    steps: Optional[int] = None
-    step_size: Optional[float] = None
-    random_start: Optional[bool] = None
-    fast_variant: Optional[str] = None
-    noise: Optional[float] = None
-    replays: Optional[int] = None
-    awp_base: Optional[str] = None
-    awp_gamma: Optional[float] = None
-    awp_warmup: Optional[int] = None
-    multi_threats: Optional[str] = None
-    multi_mode: Optional[str] = None
     eps_warmup: int = 0
     # optimisation
     epochs: int = 10
@@ -87,46 +104,72 @@ class TrainConfig:
     device: str = "auto"
     quiet: bool = False
 
+
+class _TrainConfigMethods:
+    recipe: str
+
     def recipe_params(self) -> dict[str, Any]:
         """The recipe's parameters; an option given for a recipe that does not take it is an error."""
         params: dict[str, Any] = {}
-        for key, (param, recipes) in RECIPE_OPTIONS.items():
-            value = getattr(self, key)
+        for key, option in recipe_options().items():
+            value = getattr(self, key, None)
             if value is None:
                 continue
-            if self.recipe not in recipes:
+            if self.recipe not in option.params:
                 raise ValueError(f"option {key.replace('_', '-')} does not apply to recipe {self.recipe!r} "
-                                 f"(it is for {', '.join(recipes)})")
-            params[param] = value
+                                 f"(it is for {', '.join(option.recipes)})")
+            params[option.params[self.recipe].name] = value
         return params
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+def _make_train_config() -> type:
+    hints = typing.get_type_hints(_Options)
+    static = [(f.name, hints[f.name], field(default=f.default)) for f in dataclasses.fields(_Options)]
+    options = recipe_options()
+    clash = sorted(set(options) & {name for name, _, _ in static})
+    if clash:
+        raise TypeError(f"recipe parameter(s) {', '.join(clash)} clash with `armor train` options of the same "
+                        f"name: declare them with another config_key")
+    generated = [(key, Optional[option.type], field(default=None)) for key, option in options.items()]
+    at = [name for name, _, _ in static].index("recipe") + 1
+    return dataclasses.make_dataclass(
+        "TrainConfig", static[:at] + generated + static[at:], bases=(_TrainConfigMethods,),
+        namespace={"__module__": __name__, "__doc__": (
+            "Everything `armor train` accepts. ``None`` means \"the default of the recipe / optimizer / dataset\".\n\n"
+            "    The fields after ``recipe`` up to ``eps_warmup`` are the recipes' parameters, generated from their "
+            "declarations (:func:`recipe_options`).\n    ")})
+
+
+TrainConfig = _make_train_config()
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# The type of each field without Optional: bool, int, float or str.
+FIELD_TYPES: dict[str, type] = {
+    name: next((a for a in typing.get_args(t) if a is not type(None)), t)
+    for name, t in typing.get_type_hints(TrainConfig).items() if name in FIELDS}
 
 
 def _coerce(key: str, value: Any) -> Any:
     """Check a config value against the field's type (TOML gives ints for floats like `eps = 1`)."""
-    f = FIELDS[key]
-    kind = str(f.type)
+    kind = FIELD_TYPES[key]
     if value is None:
         return None
-    if "bool" in kind:
+    if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
         return value
-    if "int" in kind:
+    if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
         return value
-    if "float" in kind:
+    if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"config key {key!r} must be a number, got {value!r}")
         return float(value)
-    if key == "multi_threats" and isinstance(value, list):
-        value = ",".join(str(v) for v in value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value) and key in recipe_options():
+        value = ",".join(value)  # a list-valued recipe option (multi_threats) written as a TOML array
     if not isinstance(value, str):
         raise ValueError(f"config key {key!r} must be a string, got {value!r}")
     return value

@@ -4,12 +4,12 @@ The CLI calls :func:`build_typer_command` on the main app. This module also runs
 (``python -m armor.app.train_cli --dataset digits ...``), which the resume and DDP tests use.
 """
 
-# No `from __future__ import annotations`: typer evaluates the Annotated options at definition time.
-
+import inspect
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-from .config import FIELDS, RUNTIME_KEYS, TrainConfig, read_config_file, resolve_config
+from .config import (FIELD_TYPES, FIELDS, RUNTIME_KEYS, TrainConfig, read_config_file, recipe_options,
+                     resolve_config)
 
 
 def train_command(*, config: Optional[Path] = None, resume: Optional[Path] = None, **options: Any) -> Path:
@@ -55,67 +55,94 @@ def train_command(*, config: Optional[Path] = None, resume: Optional[Path] = Non
     return Path(cfg.out)
 
 
+# Help of the options that are not recipe parameters (those come from the recipes' declarations); the defaults
+# shown come from TrainConfig.
+HELP = {
+    "dataset": "Dataset (see `armor list datasets`).",
+    "data_dir": "Directory (or file) holding the dataset.",
+    "n_train": "Train on a seeded random subset of N training examples.",
+    "model": "Architecture (see `armor list models`); default per dataset.",
+    "normalize": "Put the training data's mean/std into the model's Normalize layer.",
+    "norm": "Threat norm: linf, l2 or l1.",
+    "eps": "Threat radius in input units (data in [0, 1]).",
+    "recipe": "Training recipe (see `armor list recipes`); the recipe options below say which recipes take them.",
+    "eps_warmup": "Ramp eps linearly from 0 over the first K epochs.",
+    "epochs": "Epochs.",
+    "batch_size": "Global batch size (split across processes under torchrun).",
+    "optimizer": "sgd, adam or adamw.",
+    "lr": "Peak learning rate (sgd 0.1, adam 1e-3).",
+    "momentum": "SGD momentum.",
+    "weight_decay": "Weight decay (sgd 5e-4, adam 0).",
+    "lr_schedule": None,  # generated: the recipes' default schedules
+    "seed": "Seed: weights, validation split, data order, attacks.",
+    "val_fraction": "Share of the training data held out for robust validation.",
+    "val_steps": "PGD steps of the per-epoch robust validation (0: clean only).",
+    "patience": "Early stopping: epochs without a better validation score.",
+    "checkpoint_every": "Also save the resumable state every N batches.",
+    "out": "Run directory.",
+    "device": "cpu, cuda or auto.",
+    "quiet": "No progress bar.",
+}
+ONLY_FLAG = ("quiet",)  # bool options without a --no-... form
+
+
+def _schedule_help() -> str:
+    from ..training.recipes import all_recipes
+    from ..training.trainer import SCHEDULES
+
+    by: dict[str, list[str]] = {}
+    for name, cls in all_recipes().items():
+        by.setdefault(cls.default_schedule, []).append(name)
+    usual = max(by, key=lambda s: len(by[s]))
+    defaults = [f"{', '.join(names)}: {s}" for s, names in by.items() if s != usual] + [f"otherwise {usual}"]
+    return f"Learning-rate schedule: {', '.join(SCHEDULES)}. Default per recipe ({'; '.join(defaults)})."
+
+
+def option_parameters() -> list[inspect.Parameter]:
+    """The typer parameters of `armor train`: one per TrainConfig field (the recipe options with the help their
+    recipes declare), then --config and --resume."""
+    import typer
+    from rich.markup import escape
+
+    recipe_opts = recipe_options()
+    defaults = TrainConfig()
+    out = []
+    for key in FIELDS:
+        kind, flag = FIELD_TYPES[key], "--" + key.replace("_", "-")
+        decls = (flag if key in ONLY_FLAG else f"{flag}/--no-{flag[2:]}",) if kind is bool else ()
+        if key in recipe_opts:  # defaults differ per recipe: the help text names them
+            info = typer.Option(*decls, help=escape(recipe_opts[key].help()), show_default=False)
+        else:
+            default = getattr(defaults, key)
+            text = HELP[key] if HELP[key] is not None else _schedule_help()
+            if default is not None and not (kind is bool and key in ONLY_FLAG):
+                shown = (flag[2:] if default else f"no-{flag[2:]}") if kind is bool else default
+                text += f" [default: {shown}]"  # escaped below: typer's show_default would need a real default
+            info = typer.Option(*decls, help=escape(text), show_default=False)
+        out.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                     annotation=Annotated[Optional[kind], info]))
+    out.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[Path], typer.Option(help="TOML file with any of these options (explicit options win).")]))
+    out.append(inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[Path], typer.Option(help="Resume the run in this directory (killed runs continue bit-exactly).")]))
+    return out
+
+
 def build_typer_command(app: Any) -> None:
-    """Register `armor train` on a typer app."""
+    """Register `armor train` on a typer app; its options are generated from TrainConfig and the recipes'
+    declared parameters (:func:`option_parameters`)."""
     import typer
 
-    d = TrainConfig()
-
-    def opt(help: str, key: str) -> Any:
-        default = getattr(d, key)
-        suffix = "" if default is None else f" [default: {str(default).lower() if isinstance(default, bool) else default}]"
-        return typer.Option(help=help + suffix, show_default=False)
-
-    def train(
-        dataset: Annotated[Optional[str], opt("Dataset (see `armor list datasets`).", "dataset")] = None,
-        data_dir: Annotated[Optional[str], opt("Directory (or file) holding the dataset.", "data_dir")] = None,
-        n_train: Annotated[Optional[int], opt("Train on a seeded random subset of N training images.", "n_train")] = None,
-        model: Annotated[Optional[str], opt("Architecture (see `armor list models`); default per dataset.", "model")] = None,
-        normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="Put the training data's mean/std into the model's Normalize layer. [default: normalize]", show_default=False)] = None,
-        norm: Annotated[Optional[str], opt("Threat norm: linf, l2 or l1.", "norm")] = None,
-        eps: Annotated[Optional[float], opt("Threat radius in input units (data in [0, 1]).", "eps")] = None,
-        recipe: Annotated[Optional[str], opt("Training recipe (see `armor list recipes`).", "recipe")] = None,
-        adv_ratio: Annotated[Optional[float], opt("pgd-at/multi/awp: share of the loss from adversarial examples, in [0, 1] (pgd-at 0.5, awp 1.0).", "adv_ratio")] = None,
-        beta: Annotated[Optional[float], opt("trades/mart: weight of the robustness term (6.0).", "beta")] = None,
-        steps: Annotated[Optional[int], opt("Attack steps of PGD-based recipes (10).", "steps")] = None,
-        step_size: Annotated[Optional[float], opt("Attack step size in units of eps (PGD 2.5/steps, fgsm-rs 1.25, n-fgsm 1, free-at 1).", "step_size")] = None,
-        random_start: Annotated[Optional[bool], typer.Option("--random-start/--no-random-start", help="PGD attacks start uniformly inside the ball. [default: random-start]", show_default=False)] = None,
-        fast_variant: Annotated[Optional[str], opt("fast-at: fgsm-rs (Wong et al. 2020) or n-fgsm (de Jorge et al. 2022).", "fast_variant")] = None,
-        noise: Annotated[Optional[float], opt("fast-at n-fgsm: initial noise radius in units of eps (2).", "noise")] = None,
-        replays: Annotated[Optional[int], opt("free-at: replays m per minibatch (4); epochs are divided by m.", "replays")] = None,
-        awp_base: Annotated[Optional[str], opt("awp: base recipe, pgd-at, trades or mart (pgd-at).", "awp_base")] = None,
-        awp_gamma: Annotated[Optional[float], opt("awp: relative weight perturbation gamma (5e-3).", "awp_gamma")] = None,
-        awp_warmup: Annotated[Optional[int], opt("awp: epochs before the weight perturbation starts (1).", "awp_warmup")] = None,
-        multi_threats: Annotated[Optional[str], opt("multi: threats as 'norm:eps[:attack]' separated by commas, e.g. 'linf:0.1,l2:1.0'.", "multi_threats")] = None,
-        multi_mode: Annotated[Optional[str], opt("multi: max, avg or random (max).", "multi_mode")] = None,
-        eps_warmup: Annotated[Optional[int], opt("Ramp eps linearly from 0 over the first K epochs.", "eps_warmup")] = None,
-        epochs: Annotated[Optional[int], opt("Epochs.", "epochs")] = None,
-        batch_size: Annotated[Optional[int], opt("Global batch size (split across processes under torchrun).", "batch_size")] = None,
-        optimizer: Annotated[Optional[str], opt("sgd, adam or adamw.", "optimizer")] = None,
-        lr: Annotated[Optional[float], opt("Peak learning rate (sgd 0.1, adam 1e-3).", "lr")] = None,
-        momentum: Annotated[Optional[float], opt("SGD momentum.", "momentum")] = None,
-        weight_decay: Annotated[Optional[float], opt("Weight decay (sgd 5e-4, adam 0).", "weight_decay")] = None,
-        lr_schedule: Annotated[Optional[str], opt("constant, cosine, cyclic, onecycle or multistep (fast-at: cyclic, else cosine).", "lr_schedule")] = None,
-        seed: Annotated[Optional[int], opt("Seed: weights, validation split, data order, attacks.", "seed")] = None,
-        val_fraction: Annotated[Optional[float], opt("Share of the training data held out for robust validation.", "val_fraction")] = None,
-        val_steps: Annotated[Optional[int], opt("PGD steps of the per-epoch robust validation (0: clean only).", "val_steps")] = None,
-        patience: Annotated[Optional[int], opt("Early stopping: epochs without a better validation score.", "patience")] = None,
-        checkpoint_every: Annotated[Optional[int], opt("Also save the resumable state every N batches.", "checkpoint_every")] = None,
-        out: Annotated[Optional[str], opt("Run directory.", "out")] = None,
-        device: Annotated[Optional[str], opt("cpu, cuda or auto.", "device")] = None,
-        quiet: Annotated[Optional[bool], typer.Option("--quiet", help="No progress bar.", show_default=False)] = None,
-        config: Annotated[Optional[Path], typer.Option(help="TOML file with any of these options (explicit options win).")] = None,
-        resume: Annotated[Optional[Path], typer.Option(help="Resume the run in this directory (killed runs continue bit-exactly).")] = None,
-    ) -> None:
+    def train(**kwargs: Any) -> None:
         """Adversarially train a model; writes weights (safetensors), metadata, config and metrics to --out."""
-        options = {k: v for k, v in locals().items() if k in FIELDS}
+        config, resume = kwargs.pop("config", None), kwargs.pop("resume", None)
         from rich.console import Console
 
         from ..training import CheckpointError, NonFiniteLossError
 
         err = Console(stderr=True)
         try:
-            run_dir = train_command(config=config, resume=resume, **options)
+            run_dir = train_command(config=config, resume=resume, **kwargs)
         except NonFiniteLossError as e:
             err.print(f"[bold red]error:[/] {e}")
             raise typer.Exit(1)
@@ -127,6 +154,7 @@ def build_typer_command(app: Any) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             Console().print(f"wrote {run_dir}")
 
+    train.__signature__ = inspect.Signature(option_parameters())  # type: ignore[attr-defined]
     app.command("train")(train)
 
 

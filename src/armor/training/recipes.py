@@ -11,13 +11,26 @@ A recipe splits its work in two halves, so that wrappers such as AWP can reuse a
 (Free-AT replays a minibatch, AWP perturbs the weights around the update) override it, so the loop itself has
 no special cases. ``ctx`` is the trainer's :class:`~armor.training.trainer.StepContext`: the current threat
 model (after the eps warm-up), the attack generator, the epoch progress, and ``backward`` / ``optimizer_step``.
+
+A recipe declares its parameters once, as the fields of a dataclass made with :func:`param`: name, type,
+default, help text, value check and (where it differs from the name) the key of ``armor train``'s options.
+The constructor, :meth:`Recipe.params`, ``make_recipe``'s validation, the run configuration, the CLI options
+and their help text all derive from that declaration (:meth:`Recipe.declared_params`)::
+
+    @dataclass(eq=False, repr=False)
+    class MyAT(Recipe):
+        name = "my-at"
+        steps: int = param(10, "attack steps", check=check_int)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +58,9 @@ def _correct(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.detach().argmax(1) == y).sum())
 
 
-def _check_ratio(name: str, value: Any) -> float:
+# ---------------------------------------------------------------------------------------------- value checks
+# A check takes the parameter's name and a given (not None) value and returns the value to keep, or raises.
+def check_ratio(name: str, value: Any) -> float:
     try:
         r = float(value)
     except (TypeError, ValueError):
@@ -56,13 +71,13 @@ def _check_ratio(name: str, value: Any) -> float:
     return r
 
 
-def _check_int(name: str, value: Any, low: int = 1) -> int:
+def check_int(name: str, value: Any, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
 
 
-def _check_pos(name: str, value: Any, allow_zero: bool = False) -> float:
+def check_pos(name: str, value: Any, allow_zero: bool = False) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -72,9 +87,86 @@ def _check_pos(name: str, value: Any, allow_zero: bool = False) -> float:
     return v
 
 
+check_nonneg = partial(check_pos, allow_zero=True)
+check_count = partial(check_int, low=0)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    return bool(value)
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class Param:
+    """One declared recipe parameter, as the run configuration, the CLI and the help text see it.
+
+    ``name`` is the recipe's argument; ``config_key`` the ``armor train`` option / config.toml key (usually the
+    same). ``type`` is the option's type (bool, int, float or str). ``default_text`` says what a ``None``
+    default means (e.g. "2.5 / steps"); ``choices`` lists the allowed values of a str parameter.
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    config_key: str
+    default_text: Optional[str] = None
+    choices: Optional[tuple[str, ...]] = None
+
+    def describe(self) -> str:
+        """The help text with the allowed values and the default, e.g. "attack steps (default 10)"."""
+        choices = f", one of {', '.join(self.choices)}" if self.choices else ""
+        if self.default is None and self.default_text is None:
+            return f"{self.help}{choices}"
+        if self.default_text is not None:
+            default = self.default_text
+        elif isinstance(self.default, bool):
+            default = str(self.default).lower()
+        else:
+            default = str(self.default)
+        return f"{self.help}{choices} (default {default})"
+
+
+def param(default: Any, help: str, *, config_key: Optional[str] = None, default_text: Optional[str] = None,
+          check: Optional[Callable[[str, Any], Any]] = None, choices: Optional[Sequence[str]] = None,
+          as_type: Optional[type] = None) -> Any:
+    """Declare a recipe parameter: a dataclass field whose metadata the configuration, the CLI and
+    :meth:`Recipe.__post_init__` read.
+
+    Arguments:
+        default: the default value (``None``: computed by the recipe; say how in ``default_text``).
+        help: one line for ``armor train --help`` (the default is appended).
+        config_key: the ``armor train`` option / config key when it differs from the field name.
+        default_text: what the default is when it is not ``default`` itself (e.g. "2.5 / steps"); a ``None``
+            default without it shows no default (say in ``help`` that the parameter is required).
+        check: ``check(name, value) -> value``, applied to a given value (raises ``ValueError``).
+        choices: the allowed values.
+        as_type: the option's type when the field's annotation is not bool, int, float or str.
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "config_key": config_key, "default_text": default_text, "check": check,
+        "choices": None if choices is None else tuple(choices), "type": as_type})
+
+
+_OPTION_TYPES = (bool, int, float, str)
+
+
+def _option_type(annotation: Any, override: Optional[type], where: str) -> type:
+    if override is not None:
+        return override
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+        annotation = args[0]  # Optional[T]
+    if annotation in _OPTION_TYPES:
+        return annotation
+    raise TypeError(f"{where}: annotate it as bool, int, float or str (or Optional of one), or pass "
+                    f"param(..., as_type=...)")
+
+
 class Recipe:
-    """Base class of the training recipes. Subclasses set ``name``/``description`` and implement
-    ``perturb`` and ``objective`` (or override ``step``).
+    """Base class of the training recipes. Subclasses are dataclasses (``@dataclass(eq=False, repr=False)``)
+    whose fields, declared with :func:`param`, are the recipe's parameters; they set ``name``/``description``
+    and implement ``perturb`` and ``objective`` (or override ``step``).
 
     Class attributes read by the trainer: ``adversarial`` (select checkpoints on robust rather than clean
     validation accuracy), ``epoch_divisor`` (Free-AT: passes over the data per epoch budget),
@@ -88,9 +180,42 @@ class Recipe:
     epoch_divisor: int = 1
     updates_per_batch: int = 1
 
+    @classmethod
+    def declared_params(cls) -> tuple[Param, ...]:
+        """The recipe's parameters, from its dataclass fields (what make_recipe, the config and the CLI take)."""
+        if not dataclasses.is_dataclass(cls):
+            return ()
+        hints = typing.get_type_hints(cls)
+        out = []
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            out.append(Param(
+                name=f.name,
+                type=_option_type(hints.get(f.name), meta.get("type"), f"parameter {f.name!r} of recipe {cls.name!r}"),
+                default=None if f.default is dataclasses.MISSING else f.default,
+                help=meta.get("help", ""), config_key=meta.get("config_key") or f.name,
+                default_text=meta.get("default_text"), choices=meta.get("choices")))
+        return tuple(out)
+
+    def __post_init__(self) -> None:
+        """Check the declared parameters: ``None`` means the default, ``choices`` and ``check`` apply."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                if f.default is not None and f.default is not dataclasses.MISSING:
+                    setattr(self, f.name, f.default)
+                continue
+            choices, check = f.metadata.get("choices"), f.metadata.get("check")
+            if choices is not None and value not in choices:
+                raise ValueError(f"{self.name} {f.name} must be one of {', '.join(choices)}, got {value!r}")
+            if check is not None:
+                setattr(self, f.name, check(f.name, value))
+
     def params(self) -> dict[str, Any]:
         """The recipe's parameters as JSON-serialisable values (recorded in the run's metadata)."""
-        raise NotImplementedError
+        if not dataclasses.is_dataclass(self):
+            return {}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: "StepContext") -> Any:
         """Adversarial inputs for this batch (``None`` if the objective needs none)."""
@@ -130,18 +255,42 @@ class Recipe:
 
 
 # ---------------------------------------------------------------------------------------------- standard
+@dataclass(eq=False, repr=False)
 class Standard(Recipe):
     name = "standard"
     description = "cross-entropy on clean inputs (the cost baseline: 1 forward + 1 backward per example)"
     adversarial = False
 
-    def params(self) -> dict[str, Any]:
-        return {}
-
     def objective(self, model, x, y, x_adv, ctx):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         return loss, BatchStats(loss.item(), len(y), clean_correct=_correct(logits, y))
+
+
+# ---------------------------------------------------------------------------------------------- shared parameters
+PGD_STEP = 2.5  # the PGD-based recipes' default step size: PGD_STEP / steps, in units of eps
+
+
+# One declaration per parameter that several recipes share (same help text, so `armor train --help` groups them).
+def _adv_ratio(default: float = 0.5) -> Any:
+    return param(default, "share of each batch's loss from adversarial examples, from 0 to 1; 1 is Madry et al.",
+                 check=check_ratio)
+
+
+def _steps() -> Any:
+    return param(10, "attack steps", check=check_int)
+
+
+def _pgd_step_size() -> Any:
+    return param(None, "attack step size in units of eps", default_text=f"{PGD_STEP} / steps", check=check_pos)
+
+
+def _random_start() -> Any:
+    return param(True, "start the attack uniformly inside the ball", check=check_bool)
+
+
+def _beta(what: str) -> Any:
+    return param(6.0, f"weight of the {what}", check=check_nonneg)
 
 
 # ---------------------------------------------------------------------------------------------- PGD-AT
@@ -151,7 +300,7 @@ class _PGDAttackMixin:
     random_start: bool
 
     def _pgd(self, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, ctx: "StepContext") -> torch.Tensor:
-        rel = 2.5 / self.steps if self.step_size is None else self.step_size
+        rel = PGD_STEP / self.steps if self.step_size is None else self.step_size
         return pgd(ctx.attack_model, x, y, threat, steps=self.steps, step_size=rel * threat.eps_scalar,
                    random_start=self.random_start, generator=ctx.generator)
 
@@ -178,28 +327,18 @@ def _mixed_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, advs: list[tor
     return loss, BatchStats(loss.item(), n, clean_correct, adv_correct)
 
 
+@dataclass(eq=False, repr=False)
 class PGDAT(_PGDAttackMixin, Recipe):
+    """PGD adversarial training: (1 - adv_ratio) * CE(clean) + adv_ratio * CE(PGD adversarial examples)."""
+
     name = "pgd-at"
     description = ("PGD adversarial training (Madry et al. 2018); adv_ratio r mixes the loss: "
-                   "(1-r)*CE(clean) + r*CE(adv), default 0.5, 1.0 is Madry")
+                   "(1-r)*CE(clean) + r*CE(adv), r = 1 is Madry")
 
-    def __init__(self, adv_ratio: float = 0.5, steps: int = 10, step_size: Optional[float] = None,
-                 random_start: bool = True):
-        """PGD adversarial training.
-
-        Arguments:
-            adv_ratio: share of each batch's loss from adversarial examples, in [0, 1].
-            steps: PGD steps. step_size: per-step size in units of eps (default 2.5 / steps).
-            random_start: start PGD uniformly inside the ball.
-        """
-        self.adv_ratio = _check_ratio("adv_ratio", adv_ratio)
-        self.steps = _check_int("steps", steps)
-        self.step_size = None if step_size is None else _check_pos("step_size", step_size)
-        self.random_start = bool(random_start)
-
-    def params(self):
-        return {"adv_ratio": self.adv_ratio, "steps": self.steps, "step_size": self.step_size,
-                "random_start": self.random_start}
+    adv_ratio: float = _adv_ratio()
+    steps: int = _steps()
+    step_size: Optional[float] = _pgd_step_size()
+    random_start: bool = _random_start()
 
     def perturb(self, model, x, y, ctx):
         return None if self.adv_ratio == 0 else self._pgd(x, y, ctx.threat, ctx)
@@ -214,27 +353,20 @@ def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     return (p_log.exp() * (p_log - q_log)).sum(dim=1)
 
 
+@dataclass(eq=False, repr=False)
 class TRADES(Recipe):
+    """TRADES: CE(clean) + beta * KL(f(x) || f(x_adv)); the attack maximises the KL."""
+
     name = "trades"
     description = "TRADES (Zhang et al. 2019): CE(clean) + beta * KL(f(x) || f(x_adv)), attack maximises the KL"
 
-    def __init__(self, beta: float = 6.0, steps: int = 10, step_size: Optional[float] = None):
-        """TRADES.
-
-        Arguments:
-            beta: weight of the robustness (KL) term. steps: attack steps.
-            step_size: per-step size in units of eps (default 2.5 / steps).
-        """
-        self.beta = _check_pos("beta", beta, allow_zero=True)
-        self.steps = _check_int("steps", steps)
-        self.step_size = None if step_size is None else _check_pos("step_size", step_size)
-
-    def params(self):
-        return {"beta": self.beta, "steps": self.steps, "step_size": self.step_size}
+    beta: float = _beta("robustness (KL) term")
+    steps: int = _steps()
+    step_size: Optional[float] = _pgd_step_size()
 
     def perturb(self, model, x, y, ctx):
         threat = ctx.threat
-        alpha = (2.5 / self.steps if self.step_size is None else self.step_size) * threat.eps_scalar
+        alpha = (PGD_STEP / self.steps if self.step_size is None else self.step_size) * threat.eps_scalar
         attack_model = ctx.attack_model
         with attack_mode(attack_model):
             with torch.no_grad():
@@ -261,27 +393,18 @@ class TRADES(Recipe):
 
 
 # ---------------------------------------------------------------------------------------------- MART
+@dataclass(eq=False, repr=False)
 class MART(_PGDAttackMixin, Recipe):
+    """MART: boosted CE on PGD adversarial examples + beta * KL weighted by 1 - p_y(x)."""
+
     name = "mart"
     description = ("MART (Wang et al. 2020): boosted CE on adversarial examples + beta * KL weighted by "
                    "1 - p_y(x), emphasising misclassified examples")
 
-    def __init__(self, beta: float = 6.0, steps: int = 10, step_size: Optional[float] = None,
-                 random_start: bool = True):
-        """MART.
-
-        Arguments:
-            beta: weight of the misclassification-aware KL term. steps, step_size (units of eps),
-            random_start: the PGD attack (CE loss).
-        """
-        self.beta = _check_pos("beta", beta, allow_zero=True)
-        self.steps = _check_int("steps", steps)
-        self.step_size = None if step_size is None else _check_pos("step_size", step_size)
-        self.random_start = bool(random_start)
-
-    def params(self):
-        return {"beta": self.beta, "steps": self.steps, "step_size": self.step_size,
-                "random_start": self.random_start}
+    beta: float = _beta("misclassification-aware KL term")
+    steps: int = _steps()
+    step_size: Optional[float] = _pgd_step_size()
+    random_start: bool = _random_start()
 
     def perturb(self, model, x, y, ctx):
         return self._pgd(x, y, ctx.threat, ctx)
@@ -301,34 +424,40 @@ class MART(_PGDAttackMixin, Recipe):
 
 
 # ---------------------------------------------------------------------------------------------- Fast-AT
+@dataclass(eq=False, repr=False)
 class FastAT(Recipe):
+    """Fast adversarial training.
+
+    ``variant`` ``"fgsm-rs"``: start uniformly in the eps ball, one signed step, project back to the ball.
+    ``"n-fgsm"``: start uniformly in a ball of ``noise`` * eps, one step, and keep the result unprojected (only
+    the data bounds apply): the paper's rule, whose perturbations may reach (noise + step_size) * eps.
+    """
+
     name = "fast-at"
     description = ("single-step AT: FGSM with random start (Wong et al. 2020, step 1.25 eps) or N-FGSM "
                    "(de Jorge et al. 2022, noise 2 eps, step eps, no projection); cyclic learning rate")
     default_schedule = "cyclic"
-    VARIANTS = ("fgsm-rs", "n-fgsm")
+    STEP_SIZES = {"fgsm-rs": 1.25, "n-fgsm": 1.0}  # default step per variant, in units of eps
+    NOISE = 2.0  # n-fgsm's default noise radius, in units of eps
 
-    def __init__(self, variant: str = "fgsm-rs", step_size: Optional[float] = None, noise: Optional[float] = None):
-        """Fast adversarial training.
+    variant: str = param("fgsm-rs", "single-step attack: FGSM with random start (Wong et al. 2020) or N-FGSM "
+                         "(de Jorge et al. 2022)", config_key="fast_variant", choices=tuple(STEP_SIZES))
+    step_size: Optional[float] = param(
+        None, "attack step size in units of eps",
+        default_text=", ".join(f"{s:g} for {v}" for v, s in STEP_SIZES.items()), check=check_pos)
+    noise: Optional[float] = param(None, "n-fgsm only: radius of the initial noise in units of eps",
+                                   default_text=f"{NOISE:g}", check=check_nonneg)
 
-        Arguments:
-            variant: ``"fgsm-rs"``: start uniformly in the eps ball, one signed step, project back to the
-                ball. ``"n-fgsm"``: start uniformly in a ball of ``noise`` * eps, one step, and keep the
-                result unprojected (only the data bounds apply): the paper's rule, whose perturbations may
-                reach (noise + step_size) * eps.
-            step_size: in units of eps (default 1.25 for fgsm-rs, 1.0 for n-fgsm).
-            noise: n-fgsm only: radius of the initial noise in units of eps (default 2).
-        """
-        if variant not in self.VARIANTS:
-            raise ValueError(f"fast-at variant must be one of {', '.join(self.VARIANTS)}, got {variant!r}")
-        self.variant = variant
-        default_step = 1.25 if variant == "fgsm-rs" else 1.0
-        self.step_size = default_step if step_size is None else _check_pos("step_size", step_size)
-        if noise is not None and variant != "n-fgsm":
-            raise ValueError("fast-at noise applies to the n-fgsm variant only (fgsm-rs starts uniformly in the "
-                             "eps ball)")
-        self.noise = (2.0 if noise is None else _check_pos("noise", noise, allow_zero=True)) \
-            if variant == "n-fgsm" else None
+    def __post_init__(self):
+        super().__post_init__()
+        if self.step_size is None:
+            self.step_size = self.STEP_SIZES[self.variant]
+        if self.variant != "n-fgsm":
+            if self.noise is not None:
+                raise ValueError("fast-at noise applies to the n-fgsm variant only (fgsm-rs starts uniformly in "
+                                 "the eps ball)")
+        elif self.noise is None:
+            self.noise = self.NOISE
 
     def params(self):
         p = {"variant": self.variant, "step_size": self.step_size}
@@ -360,27 +489,25 @@ def _ce(logits, y, target=None):
 
 
 # ---------------------------------------------------------------------------------------------- Free-AT
+@dataclass(eq=False, repr=False)
 class FreeAT(Recipe):
+    """Free adversarial training: each minibatch is replayed ``replays`` times; the run makes
+    ceil(epochs / replays) passes over the data, so its gradient steps match ``epochs`` epochs of standard
+    training."""
+
     name = "free-at"
     description = ("Free-AT (Shafahi et al. 2019): each minibatch replayed m times, one forward-backward gives "
                    "both the weight and the input gradient, perturbation carried over; epochs divided by m")
 
-    def __init__(self, replays: int = 4, step_size: float = 1.0):
-        """Free adversarial training.
+    replays: int = param(4, "replays m of each minibatch; the epochs are divided by m", check=check_int)
+    step_size: float = param(1.0, "signed-gradient step on the carried perturbation, in units of eps",
+                             check=check_pos)
 
-        Arguments:
-            replays: m, how often each minibatch is replayed; the run makes ceil(epochs / m) passes over the
-                data, so its gradient steps match ``epochs`` epochs of standard training.
-            step_size: signed-gradient step on the carried perturbation, in units of eps (the paper: 1).
-        """
-        self.replays = _check_int("replays", replays)
-        self.step_size = _check_pos("step_size", step_size)
+    def __post_init__(self):
+        super().__post_init__()
         self.epoch_divisor = self.replays
         self.updates_per_batch = self.replays
         self.delta: Optional[torch.Tensor] = None
-
-    def params(self):
-        return {"replays": self.replays, "step_size": self.step_size}
 
     def _carried(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -420,39 +547,60 @@ class FreeAT(Recipe):
 
 
 # ---------------------------------------------------------------------------------------------- AWP
+@dataclass(init=False, eq=False, repr=False)
 class AWP(Recipe):
+    """Adversarial weight perturbation around the update of a base recipe.
+
+    ``AWP(base=..., gamma=..., warmup=..., **base_params)``: the parameters the base recipe declares pass
+    through to it (:meth:`declared_params` lists them), with the defaults of :data:`BASE_DEFAULTS` (pgd-at:
+    adv_ratio 1.0, as in the paper). ``warmup`` defaults to 1: perturbing freshly initialised weights against
+    the adversarial loss made small CNNs without BatchNorm collapse to a constant prediction in some runs
+    (Fashion-MNIST, lr 0.1); one epoch of plain training avoided it.
+    """
+
     name = "awp"
     description = ("adversarial weight perturbation (Wu et al. 2020) on top of pgd-at (adv_ratio 1 by "
                    "default), trades or mart: each layer's weights move gamma*||w|| up the loss for the update")
-
     BASES = ("pgd-at", "trades", "mart", "standard")
+    BASE_DEFAULTS = {"pgd-at": {"adv_ratio": 1.0}}
 
-    def __init__(self, base: str = "pgd-at", gamma: float = 5e-3, warmup: int = 1, **base_params: Any):
-        """AWP.
+    base: str = param("pgd-at", "base recipe, whose loss the weights are perturbed against and which takes "
+                      "its own options", config_key="awp_base", choices=BASES)
+    gamma: float = param(5e-3, "relative size of the weight perturbation per layer", config_key="awp_gamma",
+                         check=check_nonneg)
+    warmup: int = param(1, "epochs of plain base training before the weight perturbation starts",
+                        config_key="awp_warmup", check=check_count)
 
-        Arguments:
-            base: the recipe whose loss the weights are perturbed against (``pgd-at``, ``trades``, ``mart`` or
-                ``standard``).
-            gamma: relative size of the weight perturbation per layer (the paper: 5e-3).
-            warmup: epochs of plain ``base`` training before AWP switches on. Default 1: perturbing freshly
-                initialised weights against the adversarial loss made small CNNs without BatchNorm collapse to a
-                constant prediction in some runs (Fashion-MNIST, lr 0.1); one epoch of plain training avoided it.
-            base_params: parameters of the base recipe (for pgd-at, adv_ratio defaults to 1.0 as in the paper).
-        """
-        if base not in self.BASES:
-            raise ValueError(f"awp base must be one of {', '.join(self.BASES)}, got {base!r}")
-        if base == "pgd-at":
-            base_params.setdefault("adv_ratio", 1.0)
-        self.base = make_recipe(base, **base_params)
-        self.gamma = _check_pos("gamma", gamma, allow_zero=True)
-        self.warmup = _check_int("warmup", warmup, low=0)
-        self.adversarial = self.base.adversarial
+    def __init__(self, **params: Any):
+        own = {f.name for f in dataclasses.fields(self)}
+        for key in own & params.keys():
+            setattr(self, key, params.pop(key))
+        self.__post_init__()
+        base_params = {**self.BASE_DEFAULTS.get(self.base, {}),
+                       **{k: v for k, v in params.items() if v is not None}}
+        self.base_recipe = make_recipe(self.base, **base_params)
+        self.adversarial = self.base_recipe.adversarial
+
+    @classmethod
+    def declared_params(cls) -> tuple[Param, ...]:
+        """AWP's own parameters, then those of its base recipes (with AWP's defaults where they differ)."""
+        own = super().declared_params()
+        seen = {p.name for p in own}
+        extra = []
+        for base in cls.BASES:
+            for p in RECIPES[base].declared_params():
+                if p.name not in seen:
+                    seen.add(p.name)
+                    default = cls.BASE_DEFAULTS.get(base, {}).get(p.name)
+                    extra.append(p if default is None else dataclasses.replace(
+                        p, default=default, default_text=f"{default} with base {base}"))
+        return own + tuple(extra)
 
     def params(self):
-        return {"base": self.base.name, "gamma": self.gamma, "warmup": self.warmup, **self.base.params()}
+        return {"base": self.base, "gamma": self.gamma, "warmup": self.warmup, **self.base_recipe.params()}
 
     def validation_threats(self, threat):
-        return self.base.validation_threats(threat)
+        return self.base_recipe.validation_threats(threat)
 
     @staticmethod
     def _perturbed(model: nn.Module) -> list[nn.Parameter]:
@@ -460,14 +608,14 @@ class AWP(Recipe):
         return [p for name, p in model.named_parameters() if p.requires_grad and p.dim() > 1 and "weight" in name]
 
     def step(self, model, x, y, ctx):
-        x_adv = self.base.perturb(model, x, y, ctx)
+        x_adv = self.base_recipe.perturb(model, x, y, ctx)
         if ctx.epoch < self.warmup or self.gamma == 0:
             return self._update(model, x, y, x_adv, ctx)
         raw = ctx.attack_model
         weights = self._perturbed(raw)
         # The ascent pass is a probe: it must not move BatchNorm running statistics.
         buffers = [b.detach().clone() for b in raw.buffers()]
-        probe, _ = self.base.objective(raw, x, y, x_adv, ctx)
+        probe, _ = self.base_recipe.objective(raw, x, y, x_adv, ctx)
         grads = ctx.all_reduce_grads(list(torch.autograd.grad(probe, weights)))
         with torch.no_grad():
             for b, saved in zip(raw.buffers(), buffers):
@@ -483,14 +631,13 @@ class AWP(Recipe):
                     w.sub_(v)
 
     def _update(self, model, x, y, x_adv, ctx):
-        loss, stats = self.base.objective(model, x, y, x_adv, ctx)
+        loss, stats = self.base_recipe.objective(model, x, y, x_adv, ctx)
         ctx.zero_grad()
         ctx.backward(loss)
         ctx.optimizer_step()
         return stats
 
 
-# ---------------------------------------------------------------------------------------------- multi
 @dataclass(frozen=True)
 class Component:
     """One threat model of a ``multi`` recipe: a norm, a radius and the attack that trains against it."""
@@ -537,40 +684,40 @@ class Component:
         return f"{self.norm}:{self.eps:g}" + ("" if self.attack == "pgd" else f":{self.attack}")
 
 
+@dataclass(eq=False, repr=False)
 class Multi(_PGDAttackMixin, Recipe):
+    """Multi-perturbation adversarial training.
+
+    ``threats``: the threat models, as 'norm:eps[:attack]' strings (a comma-separated string works too) or
+    dicts; attack is 'pgd' (default) or 'fgsm-rs'. Their bounds come from the trainer's threat. ``mode``:
+    ``"max"`` (per-example worst case by loss), ``"avg"`` (mean loss over all), ``"random"`` (one threat per
+    batch). ``steps``, ``step_size`` (units of each threat's eps), ``random_start``: the PGD attacks.
+    """
+
     name = "multi"
     description = ("several threat models / attacks per batch (Tramer & Boneh 2019): train on the worst one "
                    "per example (max), on all of them (avg), or on one drawn per batch (random)")
     MODES = ("max", "avg", "random")
 
-    def __init__(self, threats: Any = None, mode: str = "max", adv_ratio: float = 0.5, steps: int = 10,
-                 step_size: Optional[float] = None, random_start: bool = True):
-        """Multi-perturbation adversarial training.
+    threats: Any = param(None, "required: threats as 'norm:eps:attack' separated by commas (attack pgd or "
+                         "fgsm-rs, optional), e.g. 'linf:0.1,l2:1.0'", config_key="multi_threats", as_type=str)
+    mode: str = param("max", "train on the worst threat per example, the mean over all, or one per batch",
+                      config_key="multi_mode", choices=MODES)
+    adv_ratio: float = _adv_ratio()
+    steps: int = _steps()
+    step_size: Optional[float] = _pgd_step_size()
+    random_start: bool = _random_start()
 
-        Arguments:
-            threats: the threat models, as 'norm:eps[:attack]' strings (a comma-separated string works too)
-                or dicts; attack is 'pgd' (default) or 'fgsm-rs'. Their bounds come from the trainer's threat.
-            mode: ``"max"`` (per-example worst case by loss), ``"avg"`` (mean loss over all),
-                ``"random"`` (one threat per batch). adv_ratio: as in pgd-at.
-            steps, step_size (units of each threat's eps), random_start: the PGD attacks.
-        """
+    def __post_init__(self):
+        super().__post_init__()
+        threats = self.threats
         if threats is None or (not isinstance(threats, (str, list, tuple)) or len(threats) == 0):
             raise ValueError("multi needs threats, e.g. --multi-threats 'linf:0.1,l2:1.0' "
                              "(or threats=['linf:0.1', 'l2:1.0'])")
         if isinstance(threats, str):
             threats = [t for t in threats.split(",") if t.strip()]
         self.components = [Component.parse(t) for t in threats]
-        if mode not in self.MODES:
-            raise ValueError(f"multi mode must be one of {', '.join(self.MODES)}, got {mode!r}")
-        self.mode = mode
-        self.adv_ratio = _check_ratio("adv_ratio", adv_ratio)
-        self.steps = _check_int("steps", steps)
-        self.step_size = None if step_size is None else _check_pos("step_size", step_size)
-        self.random_start = bool(random_start)
-
-    def params(self):
-        return {"threats": [str(c) for c in self.components], "mode": self.mode, "adv_ratio": self.adv_ratio,
-                "steps": self.steps, "step_size": self.step_size, "random_start": self.random_start}
+        self.threats = [str(c) for c in self.components]
 
     def validation_threats(self, threat):
         return [c.threat(threat) for c in self.components]
@@ -614,7 +761,8 @@ def make_recipe(name: str, **params: Any) -> Recipe:
 
     Arguments:
         name: one of :func:`all_recipes` (``armor list recipes``).
-        params: the recipe's parameters (see each class); ``None`` values mean "use the default".
+        params: the recipe's parameters (its :meth:`Recipe.declared_params`); ``None`` values mean "use the
+            default".
     Returns:
         The :class:`Recipe`.
     """
@@ -627,19 +775,12 @@ def make_recipe(name: str, **params: Any) -> Recipe:
         raise ValueError(f"unknown recipe {name!r}: choose one of {', '.join(known)} (see `armor list recipes`)")
     cls = known[name]
     params = {k: v for k, v in params.items() if v is not None}
-    import inspect
-
-    sig = inspect.signature(cls.__init__)
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    allowed = [k for k in sig.parameters if k not in ("self",) and sig.parameters[k].kind is not sig.parameters[k].VAR_KEYWORD]
+    allowed = [p.name for p in cls.declared_params()]
     unknown = sorted(set(params) - set(allowed))
-    if unknown and not accepts_any:
+    if unknown:
         raise ValueError(f"recipe {name!r} has no parameter(s) {', '.join(unknown)}; it takes "
                          f"{', '.join(allowed) or 'none'}")
-    try:
-        return cls(**params)
-    except TypeError as e:  # a wrong parameter for the base recipe of awp
-        raise ValueError(f"recipe {name!r}: {e}") from None
+    return cls(**params)
 
 
 def all_recipes() -> dict[str, type[Recipe]]:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class ConstrainedPGDAT(PGDAT):
+    """PGD-AT against constrained PGD. Its parameters are pgd-at's declared ones (adv_ratio, steps, step_size,
+    random_start), inherited with their defaults: ``armor train --recipe cpgd-at --steps 20`` and a config's
+    ``steps = 20`` reach it like any recipe's options."""
+
     name = "cpgd-at"
     description = ("PGD-AT with constrained PGD as the attack (tabular threats): categories switch and integers "
                    "move by whole units; adv_ratio mixes clean and adversarial CE like pgd-at")
