@@ -12,7 +12,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -353,6 +353,18 @@ def check_inputs(x: Any, y: Any = None, num_classes: int | None = None, threat: 
     if not torch.isfinite(x).all():
         raise ValueError("x contains NaN or inf values; clean or impute them before attacking")
     if threat is not None:
+        sample = tuple(x.shape[1:])
+        for what, v in (("eps", threat.eps), ("lower bound", threat.bounds[0]), ("upper bound", threat.bounds[1])):
+            if torch.is_tensor(v) and v.dim() > 0:
+                try:
+                    fits = torch.broadcast_shapes(tuple(v.shape), sample) == sample
+                except RuntimeError:
+                    fits = False
+                if not fits:
+                    raise ValueError(f"the threat model's per-feature {what} has shape {tuple(v.shape)}, which does "
+                                     f"not fit one input of shape {sample}: give one value per feature "
+                                     f"(shape {sample}) or a scalar")
+        warn_if_vacuous(threat, x)
         if (threat.clamp_bounds(x) != x).any():
             lo, hi = threat.bounds
             raise ValueError(
@@ -370,6 +382,27 @@ def check_inputs(x: Any, y: Any = None, num_classes: int | None = None, threat: 
             raise ValueError(f"labels must be >= 0, got min label {int(y.min())}")
         if num_classes is not None and y.numel() and y.max() >= num_classes:
             raise ValueError(f"label {int(y.max())} is out of range for a model with {num_classes} outputs")
+
+
+def vacuous_eps(threat: ThreatModel, x: torch.Tensor) -> Optional[str]:
+    """A message when ``threat``'s eps allows any input to become any other (so robust accuracy is meaningless),
+    else ``None``: linf eps >= the bounds' width, l2 eps >= its diagonal, l1 eps >= width x features."""
+    lo, hi = threat.bounds
+    if torch.is_tensor(lo) or torch.is_tensor(hi) or torch.is_tensor(threat.eps):
+        return None
+    width, d = float(hi) - float(lo), x[0].numel() if x.dim() > 1 and x.shape[0] else 1
+    whole = {Norm.LINF: width, Norm.L2: width * math.sqrt(d), Norm.L1: width * d}[threat.norm]
+    if threat.eps < whole:
+        return None
+    hint = f"; did you mean {threat.eps:g}/255 = {threat.eps / 255:.4g}?" if threat.eps > 1 and width <= 1 else ""
+    return (f"eps={threat.eps:g} ({threat.norm.value}) covers the whole input range [{float(lo):g}, {float(hi):g}]: "
+            f"every input can be turned into any other, so no model can be robust at this eps{hint}")
+
+
+def warn_if_vacuous(threat: ThreatModel, x: torch.Tensor) -> None:
+    message = vacuous_eps(threat, x)
+    if message:
+        warnings.warn(message, stacklevel=3)
 
 
 def warn_if_probabilities(logits: torch.Tensor) -> None:

@@ -23,6 +23,17 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)  # long paths in errors stay on one line
 
 
+@app.callback()
+def _setup() -> None:
+    """armor: Adversarial Robustness: Measure, Optimize, Report."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        err.print(f"[bold yellow]warning:[/] {escape(str(message))}")
+
+    warnings.showwarning = show  # library warnings (vacuous eps, probability outputs) as one readable line
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error (no traceback) and exit."""
     err.print(f"[bold red]error:[/] {escape(message)}")
@@ -76,7 +87,7 @@ def list_cmd(what: Annotated[What, typer.Argument(help="What to list.")]) -> Non
     table.add_column("name", style="bold cyan")
     table.add_column("description")
     for name, desc in rows:
-        table.add_row(name, desc)
+        table.add_row(escape(name), escape(desc))
     console.print(table)
 
 
@@ -162,7 +173,8 @@ def attack(
     atomic_write_bytes(out, buf.getvalue())
     clean = (pred_clean == ds.y).float().mean().item()
     adv = (pred_adv == ds.y).float().mean().item()
-    console.print(f"{attack_name} on {len(ds)} points, {threat!r}: accuracy {clean:.1%} -> {adv:.1%}; wrote {out}")
+    console.print(escape(f"{attack_name} on {len(ds)} points, {threat!r}: accuracy {clean:.1%} -> {adv:.1%}; "
+                         f"wrote {out}"))
 
 
 @app.command()
@@ -209,7 +221,7 @@ def evaluate(
                                  batch_size=batch_size, seed=seed, calibration=extras, shift=extras,
                                  interpret=extras, masking=extras,
                                  state_path=out if resume else None,
-                                 progress=lambda msg: err.print(f"[dim]{msg}...[/]"))
+                                 progress=lambda msg: err.print(escape(f"{msg}..."), style="dim"))
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     add_cost({entry["name"]: entry})
@@ -218,14 +230,14 @@ def evaluate(
         save_artifacts(out / "artifacts.npz", {entry["name"]: art})
     _print_eval(entry)
     for f in entry.get("masking_flags", []):
-        err.print(f"[bold yellow]masking flag[/] {f['name']}: {f['message']}")
-    console.print(f"wrote {out / 'results.json'}")
+        err.print(f"[bold yellow]masking flag[/] {escape(f['name'])}: {escape(f['message'])}")
+    console.print(escape(f"wrote {out / 'results.json'}"))
 
 
 def _print_eval(result: dict) -> None:
-    tm = result["threat_model"]
-    eps = tm["eps"] if not isinstance(tm["eps"], list) else f"per-feature (max {max(tm['eps']):.4g})"
-    table = Table(title=f"worst-case evaluation, n={result['n']}, {tm['norm']} eps={eps}")
+    from .results import threat_label
+
+    table = Table(title=escape(f"worst-case evaluation, n={result['n']}, {threat_label(result)}"))
     table.add_column("attack")
     table.add_column("accuracy", justify="right")
     table.add_column("cumulative", justify="right")
@@ -234,7 +246,7 @@ def _print_eval(result: dict) -> None:
     table.add_row("clean", f"{result['clean_accuracy']:.2%}", "", str(result['n']), "")
     for name, rec in result["per_attack"].items():
         own = "" if rec.get("accuracy") is None else f"{rec['accuracy']:.2%}"
-        table.add_row(name, own, f"{rec['cumulative_accuracy']:.2%}", str(rec["n"]), f"{rec['seconds']:.1f}")
+        table.add_row(escape(name), own, f"{rec['cumulative_accuracy']:.2%}", str(rec["n"]), f"{rec['seconds']:.1f}")
     table.add_row("[bold]worst case[/]", f"[bold]{result['robust_accuracy']:.2%}[/]", "", "", f"{result['seconds']:.1f}")
     console.print(table)
 
@@ -320,7 +332,7 @@ def report(
         fail(f"these runs were measured under different threat models and cannot be compared side by side: "
              f"{groups}. Report each group separately, or re-evaluate them at the same --norm/--eps")
     write_report(stamp({"models": models, "claims": claims}), out, artifacts, title)
-    console.print(f"wrote {out} ({len(models)} model{'s' if len(models) != 1 else ''})")
+    console.print(escape(f"wrote {out} ({len(models)} model{'s' if len(models) != 1 else ''})"))
 
 
 @app.command()
@@ -347,21 +359,22 @@ def demo(
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     _print_demo(results)
-    console.print(f"\nwrote {out / 'report.html'} and {out / 'results.json'} in {time.perf_counter() - t0:.0f} s")
+    console.print(escape(f"\nwrote {out / 'report.html'} and {out / 'results.json'} in {time.perf_counter() - t0:.0f} s"))
 
 
 def _print_demo(results: dict) -> None:
     models = results["models"]
-    tm = next(iter(models.values()))["threat_model"]
-    eps = tm["eps"] if not isinstance(tm["eps"], list) else "per-feature"
-    table = Table(title=f"armor demo on {results.get('dataset')}, threat model {tm['norm']} eps={eps}")
+    from .results import threat_label
+
+    table = Table(title=escape(f"armor demo on {results.get('dataset')}, threat model "
+                               f"{threat_label(next(iter(models.values())))}"))
     for col in ("model", "clean", "robust (worst case)", "ECE", "shift acc.", "train s", "passes x std", "masking"):
         table.add_column(col, justify="left" if col in ("model", "masking") else "right")
     for name, m in models.items():
         cal = (m.get("calibration") or {}).get("clean") or {}
         shift = m.get("shift") or {}
         cost = m.get("cost") or {}
-        table.add_row(name, f"{m['clean_accuracy']:.1%}", f"{m['robust_accuracy']:.1%}",
+        table.add_row(escape(name), f"{m['clean_accuracy']:.1%}", f"{m['robust_accuracy']:.1%}",
                       f"{cal['ece']:.3f}" if "ece" in cal else "-",
                       f"{shift['mean_accuracy']:.1%}" if "mean_accuracy" in shift else "-",
                       f"{m.get('train_seconds') or 0:.1f}",
@@ -387,7 +400,7 @@ def _print_demo(results: dict) -> None:
             pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
             for name, m in models.items():
                 tb = m.get("tabular") or {}
-                t.add_row(name, pct(tb.get("constraint_satisfaction")), pct(tb.get("recall_clean")),
+                t.add_row(escape(name), pct(tb.get("constraint_satisfaction")), pct(tb.get("recall_clean")),
                           pct(tb.get("recall_attacked")), pct(tb.get("constrained_robust_accuracy")),
                           pct(tb.get("unconstrained_robust_accuracy")))
             console.print(t)
@@ -398,5 +411,5 @@ def _print_demo(results: dict) -> None:
             for col in mat["columns"]:
                 t.add_column(col, justify="right")
             for row, vals in mat["rows"].items():
-                t.add_row(row, *["-" if vals.get(col) is None else f"{vals[col]:.1%}" for col in mat["columns"]])
+                t.add_row(escape(row), *["-" if vals.get(col) is None else f"{vals[col]:.1%}" for col in mat["columns"]])
             console.print(t)

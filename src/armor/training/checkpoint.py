@@ -130,6 +130,19 @@ def load_metadata(run_dir: PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the file is damaged") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
+    for key, kinds, what in (("threat_model", (dict, type(None)), "an object (norm, eps, bounds)"),
+                             ("dataset", (dict, str, type(None)), "an object (name, data_dir) or a name"),
+                             ("recipe", (dict, type(None)), "an object (name, params)"),
+                             ("architecture", (dict, type(None)), "an object (the model spec)")):
+        if not isinstance(meta.get(key), kinds):
+            raise CheckpointError(f"{path}: {key} must be {what}, got {meta.get(key)!r:.80}; the file is damaged "
+                                  "or was edited by hand")
+    tm = meta.get("threat_model")
+    if tm is not None:
+        bounds = tm.get("bounds", [0.0, 1.0])
+        if not isinstance(bounds, list) or len(bounds) != 2 or not isinstance(tm.get("norm"), str):
+            raise CheckpointError(f"{path}: threat_model must have a norm and bounds [lower, upper], got "
+                                  f"{tm!r:.120}; the file is damaged or was edited by hand")
     return meta
 
 
