@@ -181,3 +181,31 @@ def test_measuring_a_diverged_or_unfinished_run_warns(run, tmp_path):
 def test_rich_markup_does_not_eat_bracketed_text(tmp_path):
     r = invoke("check", tmp_path / "[weird]" / "results.json", "--min-robust-accuracy", "0.5")
     assert r.exit_code == 2 and "[weird]" in r.output
+
+
+def test_train_refuses_a_file_or_an_unknown_device_before_training(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r = invoke("train", "--dataset", "digits", "--epochs", "1", "--out", afile)
+    assert r.exit_code == 2 and "is a file" in r.output, r.output
+    r = invoke("train", "--dataset", "digits", "--epochs", "1", "--device", "tpu", "--out", tmp_path / "r")
+    assert r.exit_code == 2 and "unknown device 'tpu'" in r.output, r.output
+
+
+def test_a_demo_run_twice_reuses_its_finished_runs_and_never_replaces_another(tmp_path):
+    from armor.app.config import TrainConfig, train_or_reuse
+
+    cfg = dict(dataset="digits", model="mlp", recipe="standard", epochs=1, n_train=64, quiet=True,
+               out=str(tmp_path / "standard"))
+    assert train_or_reuse(TrainConfig(**cfg)) == "trained"
+    weights = (tmp_path / "standard" / "best.safetensors").read_bytes()
+    assert train_or_reuse(TrainConfig(**cfg)) == "reused"
+    assert (tmp_path / "standard" / "best.safetensors").read_bytes() == weights
+    with pytest.raises(ValueError, match="another configuration.*epochs: 1 -> 2"):
+        train_or_reuse(TrainConfig(**{**cfg, "epochs": 2}))
+    meta_path = tmp_path / "standard" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["status"] = "running"  # as if killed after its last checkpoint
+    meta_path.write_text(json.dumps(meta))
+    assert train_or_reuse(TrainConfig(**cfg)) == "resumed"
+    assert json.loads(meta_path.read_text())["status"] == "finished"

@@ -248,13 +248,15 @@ def train(config: Union[TrainConfig, dict[str, Any]], *, resume: bool = False):
     from ..data import dataset_spec, load_dataset
     from ..models import build_model, model_spec
     from ..training import Trainer
-    from .rundir import build_threat
+    from .rundir import build_threat, writable_dir
 
     if isinstance(config, dict):
         config = TrainConfig(**config_from_mapping(config))
     recipe_params = config.recipe_params()
     if config.out is None:
         raise ValueError("pass --out DIR: the run directory for weights, metrics and checkpoints")
+    device = resolve_device(config.device)
+    writable_dir(config.out, "run")  # before any data is loaded or any epoch is spent
     spec = dataset_spec(config.dataset)
     ds = load_dataset(config.dataset, "train", data_dir=config.data_dir, seed=config.seed)
     if config.n_train is not None:
@@ -274,12 +276,6 @@ def train(config: Union[TrainConfig, dict[str, Any]], *, resume: bool = False):
         extra = {}
     torch.manual_seed(config.seed)  # the weight initialisation
     model = build_model(model_spec(name, ds, **extra))
-    if config.device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device = config.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     info = {"dataset": {"name": config.dataset, "data_dir": config.data_dir, "n_train": config.n_train,
                         "split": "train"},
             "threat": {"norm": config.norm, "eps": config.eps, "eps_unit": spec.eps_unit}}
@@ -293,3 +289,50 @@ def train(config: Union[TrainConfig, dict[str, Any]], *, resume: bool = False):
                       checkpoint_every=config.checkpoint_every, resume=resume, quiet=config.quiet, info=info,
                       config=config.to_dict(), device=device)
     return trainer.fit()
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda if available else cpu; anything torch does not know, or a GPU that is not there, is a
+    ``ValueError`` naming the choices."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported for training: use cpu, cuda, cuda:N or auto")
+    return name
+
+
+def train_or_reuse(config: TrainConfig) -> str:
+    """Train into ``config.out``, unless it already holds this very run: a finished one is reused, a killed one
+    resumed (what a demo run twice needs). A run there with another configuration is an error, never replaced.
+
+    Returns:
+        ``"trained"``, ``"reused"`` or ``"resumed"``.
+    """
+    from ..training.checkpoint import CONFIG, STATE, WEIGHTS, load_metadata
+
+    out = Path(config.out)
+    if not (out / CONFIG).exists():
+        train(config)
+        return "trained"
+    saved = TrainConfig(**read_config_file(out / CONFIG)).to_dict()
+    diffs = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in config.to_dict().items()
+             if k not in RUNTIME_KEYS and saved.get(k) != v]
+    if diffs:
+        raise ValueError(f"{out} already holds a run with another configuration ({'; '.join(diffs)}): choose "
+                         "another --out, or delete that directory")
+    status = load_metadata(out).get("status") if (out / "metadata.json").exists() else None
+    if status in ("finished", "early_stopped") and (out / WEIGHTS["best"]).exists():
+        return "reused"
+    if (out / STATE).exists():
+        train(config, resume=True)
+        return "resumed"
+    train(config)
+    return "trained"

@@ -19,7 +19,7 @@ def train_command(*, config: Optional[Path] = None, resume: Optional[Path] = Non
         config: a TOML (or JSON) file of options; explicit ``options`` override it.
         resume: a run directory to continue. Its ``config.toml`` is the base configuration; options given
             here must agree with it (only ``quiet``, ``checkpoint_every`` and ``device`` may change).
-        options: any :class:`armor.training.config.TrainConfig` field (``None`` = not given).
+        options: any :class:`armor.app.config.TrainConfig` field (``None`` = not given).
     Returns:
         The run directory.
     """
@@ -64,7 +64,7 @@ HELP = {
     "model": "Architecture (see `armor list models`); default per dataset.",
     "normalize": "Put the training data's mean/std into the model's Normalize layer.",
     "norm": "Threat norm: linf, l2 or l1.",
-    "eps": "Threat radius in input units (data in [0, 1]).",
+    "eps": "Threat radius in the dataset's eps unit (`armor list datasets`): input units for images (data in [0, 1]), standard deviations per feature for tables; the same unit at evaluation time.",
     "recipe": "Training recipe (see `armor list recipes`); the recipe options below say which recipes take them.",
     "eps_warmup": "Ramp eps linearly from 0 over the first K epochs.",
     "epochs": "Epochs.",

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from ...app.claims import claims
-from ...app.config import TrainConfig, train
+from ...app.config import TrainConfig, train_or_reuse
 from ...app.measure import add_cost, measure, measurements_for
 from ...app.report import write_report
 from ...app.results import stamp
@@ -47,8 +47,11 @@ def run_tabular_demo(dataset: str = "breast-cancer", out: Path | str = "runs/dem
     models: dict[str, dict[str, Any]] = {}
     for name, recipe in RECIPES:
         say(f"[{name}] training ({recipe}, {DEMOS[dataset]['epochs']} epochs on {dataset}, eps {eps} std)")
-        train(TrainConfig(dataset=dataset, recipe=recipe, eps=eps, epochs=DEMOS[dataset]["epochs"],
-                          batch_size=64, optimizer="adam", seed=seed, out=str(out / name), quiet=quiet))
+        how = train_or_reuse(TrainConfig(dataset=dataset, recipe=recipe, eps=eps, epochs=DEMOS[dataset]["epochs"],
+                                         batch_size=64, optimizer="adam", seed=seed, out=str(out / name),
+                                         quiet=quiet))
+        if how != "trained":
+            say(f"[{name}] {how} the run already in {out / name} (same configuration)")
         run = RunDir(out / name)
         say(f"[{name}] measuring: constrained worst case, calibration, masking checks, recall under attack")
         entry, _ = measure(run.model(), test, threat, suite="tabular", measurements=measurements_for(dataset), n=None,

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ...app.claims import claims
-from ...app.config import TrainConfig, normalization_stats, train
+from ...app.config import TrainConfig, normalization_stats, train_or_reuse
 from ...app.measure import add_cost, measure, measurements_for
 from ...app.report import write_report
 from ...app.results import stamp
@@ -78,7 +78,9 @@ def run_demo(dataset: str = "digits", out: Path | str = "runs/demo", *, seed: in
         cfg = TrainConfig(dataset=p.dataset, model=p.model, recipe=recipe, eps=p.eps, epochs=p.epochs,
                           batch_size=p.batch_size, lr=p.lr, n_train=p.n_train, seed=seed, out=str(out / name),
                           quiet=quiet, **{k: v for k, v in params.items()})
-        train(cfg)
+        how = train_or_reuse(cfg)
+        if how != "trained":
+            say(f"[{name}] {how} the run already in {out / name} (same configuration)")
         run = RunDir(out / name)
         model = run.model()
         loaded[name] = model
