@@ -202,6 +202,21 @@ def contributions(kind: str, core: Optional[Mapping[str, Any]] = None) -> dict[s
     return merged
 
 
+def lazy(target: str, *args: Any) -> Callable[..., Any]:
+    """A callable that imports ``"package.module:function"`` on its first call and calls it with ``args`` first:
+    how a domain names its demo (or any heavy, application-level code) without importing it up front."""
+    module, _, attr = target.partition(":")
+
+    def call(*more: Any, **kwargs: Any) -> Any:
+        from importlib import import_module
+
+        return getattr(import_module(module), attr)(*args, *more, **kwargs)
+
+    call.__name__ = attr
+    call.__qualname__ = f"lazy({target!r})"
+    return call
+
+
 def domain_of_dataset(dataset: str) -> Optional[Domain]:
     """The domain that contributes dataset ``dataset`` (``None`` if none does)."""
     for domain in domains().values():
@@ -211,4 +226,4 @@ def domain_of_dataset(dataset: str) -> Optional[Domain]:
 
 
 __all__ = ["DatasetSpec", "Domain", "ENTRY_POINT_GROUP", "Measurement", "ReportSection", "contributions", "domain_of_dataset",
-           "domains", "register", "registered", "unregister"]
+           "domains", "lazy", "register", "registered", "unregister"]

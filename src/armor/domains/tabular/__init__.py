@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ...plugins import DatasetSpec, Domain, Measurement, ReportSection
+from ...plugins import DatasetSpec, Domain, Measurement, ReportSection, lazy
 from ...threat import ThreatModel
 from .attacks import TABULAR_ATTACKS, constrained_pgd, constrained_search
 from .constraints import (TabularConstraints, constraints_from_dict, feature_eps, relaxed_threat,
@@ -108,15 +108,6 @@ def _section_context(models: dict, artifacts: dict) -> Optional[dict]:
     return {"tabular": tabular} if tabular else None
 
 
-def _run_demo(dataset: str):
-    def run(out, *, seed: int = 0, quiet: bool = False, say=print) -> dict:
-        from .demo import run_tabular_demo
-
-        return run_tabular_demo(dataset, out, seed=seed, quiet=quiet, say=say)
-
-    return run
-
-
 DOMAIN = Domain(
     name="tabular",
     description="tables in raw units under domain constraints (schemas): fraud, credit, medical",
@@ -127,7 +118,7 @@ DOMAIN = Domain(
     constraints={"tabular": constraints_from_dict},
     measurements=(Measurement("tabular", _measure),),
     report=(ReportSection("tabular", "Tabular", _SECTION, _section_context),),
-    demos={"breast-cancer": _run_demo("breast-cancer"), "fraud": _run_demo("fraud")},
+    demos={name: lazy("armor.domains.tabular.demo:run_tabular_demo", name) for name in ("breast-cancer", "fraud")},
 )
 
 __all__ = ["ConstrainedPGDAT", "DOMAIN", "EPS_UNIT", "Feature", "Group", "Relation", "Schema", "TABULAR_ATTACKS",

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...plugins import DatasetSpec, Domain, Measurement
+from ...plugins import DatasetSpec, Domain, Measurement, lazy
 from .datasets import load_cifar10, load_digits, load_fashion_mnist, load_mnist, read_idx
 
 
@@ -39,15 +39,6 @@ def _interpretability(model, x, y, threat, *, result=None, seed: int = 0, batch_
     return fields, {k: (v.numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in art.items()}
 
 
-def _run_demo(dataset: str):
-    def run(out, *, seed: int = 0, quiet: bool = False, say=print) -> dict:
-        from .demo import run_demo
-
-        return run_demo(dataset, out, seed=seed, quiet=quiet, say=say)
-
-    return run
-
-
 DOMAIN = Domain(
     name="vision",
     description="images in [0, 1]: corruption and equipment shift, saliency, adversarial galleries",
@@ -63,7 +54,7 @@ DOMAIN = Domain(
     },
     measurements=(Measurement("shift", _shift, option="shift"),
                   Measurement("interpretability", _interpretability, option="interpret")),
-    demos={"digits": _run_demo("digits"), "fashion-mnist": _run_demo("fashion-mnist")},
+    demos={name: lazy("armor.domains.vision.demo:run_demo", name) for name in ("digits", "fashion-mnist")},
 )
 
 __all__ = ["DOMAIN", "load_cifar10", "load_digits", "load_fashion_mnist", "load_mnist", "read_idx"]
