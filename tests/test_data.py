@@ -170,14 +170,22 @@ def test_cifar10_refuses_pickles_that_would_run_code(tmp_path):
 # --- npz / csv -------------------------------------------------------------------------------------------
 
 def test_npz_round_trip_and_validation(tmp_path):
-    x = np.random.default_rng(0).random((6, 3, 4, 4)).astype(np.float32)
-    y = np.array([0, 1, 2, 0, 1, 2])
+    x = np.random.default_rng(0).random((30, 3, 4, 4)).astype(np.float32)
+    y = np.arange(30) % 3
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    ds = load_dataset("npz", data_dir=tmp_path / "d.npz")
-    assert torch.equal(ds.x, torch.from_numpy(x)) and ds.y.tolist() == y.tolist() and ds.num_classes == 3
+    # a single file: armor holds out a fixed stratified 30%; together the splits are the file, exactly
+    tr, te = (load_dataset("npz", split, data_dir=tmp_path / "d.npz") for split in ("train", "test"))
+    assert len(tr) == 21 and len(te) == 9 and tr.num_classes == te.num_classes == 3
+    assert te.y.bincount().tolist() == [3, 3, 3]
+    both = torch.cat([tr.x, te.x]).flatten(1)
+    order = sorted(range(30), key=lambda i: both[i].numpy().tobytes())
+    assert torch.equal(both[order], torch.from_numpy(x).flatten(1)[sorted(range(30), key=lambda i: x[i].tobytes())])
+    assert te.split_source == "held-out 30% of d.npz (fixed stratified split)"
+    assert "70% of d.npz" in tr.split_source and tr.subset(3).split_source == tr.split_source
     np.savez(tmp_path / "test.npz", x=x[:, 0, 0], y=y, num_classes=5, feature_names=np.array(list("abcd")))
-    ds = load_dataset("npz", "test", data_dir=tmp_path)  # a directory means {split}.npz
-    assert ds.input_shape == (4,) and ds.num_classes == 5 and ds.feature_names == list("abcd")
+    ds = load_dataset("npz", "test", data_dir=tmp_path)  # a directory means {split}.npz, used whole
+    assert ds.input_shape == (4,) and ds.num_classes == 5 and ds.feature_names == list("abcd") and len(ds) == 30
+    assert ds.split_source.startswith("file:")
     bad = {"range": dict(x=x * 2, y=y), "finite": dict(x=np.where(x > 0.5, np.nan, x), y=y),
            "integer": dict(x=x, y=y.astype(np.float32)), "missing": dict(x=x)}
     for what, arrays in bad.items():
@@ -191,13 +199,103 @@ def test_npz_round_trip_and_validation(tmp_path):
         load_dataset("npz")
 
 
+def test_npz_explicit_split_arrays_are_used_as_they_are(tmp_path):
+    rng = np.random.default_rng(1)
+    xtr, xte = rng.random((7, 5)).astype(np.float32), rng.random((3, 5)).astype(np.float32)
+    ytr, yte = np.array([0, 1, 2, 0, 1, 2, 0]), np.array([0, 2, 0])  # test lacks class 1: classes from both
+    np.savez(tmp_path / "s.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    tr, te = (load_dataset("npz", split, data_dir=tmp_path / "s.npz") for split in ("train", "test"))
+    assert torch.equal(tr.x, torch.from_numpy(xtr)) and torch.equal(te.x, torch.from_numpy(xte))
+    assert te.y.tolist() == [0, 2, 0] and tr.num_classes == te.num_classes == 3
+    assert te.split_source == "file: arrays x_test/y_test of s.npz"
+    np.savez(tmp_path / "half.npz", x_train=xtr, y_train=ytr)
+    with pytest.raises(ValueError, match=r"missing array\(s\) \['x_test', 'y_test'\]"):
+        load_dataset("npz", "test", data_dir=tmp_path / "half.npz")
+    np.savez(tmp_path / "both.npz", x=xtr, y=ytr, x_test=xte, y_test=yte)
+    with pytest.raises(ValueError, match="keep one layout"):
+        load_dataset("npz", "test", data_dir=tmp_path / "both.npz")
+    # a directory: a small test file may lack a class; the classes come from both files
+    d = tmp_path / "dir"
+    d.mkdir()
+    np.savez(d / "train.npz", x=xtr, y=ytr)
+    np.savez(d / "test.npz", x=xte, y=yte)
+    te = load_dataset("npz", "test", data_dir=d)
+    assert te.num_classes == 3 and te.split_source == "file: dir/test.npz" and len(te) == 3
+
+
+def test_single_file_split_is_fixed_disjoint_and_refuses_what_it_cannot_stratify(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.random((50, 6)).astype(np.float32)
+    x[:, 0] = np.arange(50) / 49  # every row distinct
+    y = (np.arange(50) % 5 == 0).astype(np.int64)  # 10 of class 1
+    np.savez(tmp_path / "u.npz", x=x, y=y)
+    te = load_dataset("npz", "test", data_dir=tmp_path / "u.npz")
+    tr = load_dataset("npz", "train", data_dir=tmp_path / "u.npz", seed=7)  # no seed moves a test point
+    assert len(te) == 15 and int(te.y.sum()) == 3 and int(tr.y.sum()) == 7
+    assert set(tr.x[:, 0].tolist()).isdisjoint(te.x[:, 0].tolist())
+    assert torch.equal(load_dataset("npz", "test", data_dir=tmp_path / "u.npz", seed=123).x, te.x)
+    lonely = y.copy()
+    lonely[1] = 2  # a class with one row cannot be on both sides of a stratified split
+    np.savez(tmp_path / "lonely.npz", x=x, y=lonely)
+    with pytest.raises(ValueError, match=r"class\(es\) 2 have only 1.*x_train, y_train, x_test, y_test"):
+        load_dataset("npz", "test", data_dir=tmp_path / "lonely.npz")
+    (tmp_path / "t.csv").write_text("a,y\n" + "".join(f"{v:.4f},{c}\n" for v, c in zip(x[:, 0], y)))
+    cte = load_dataset("csv", "test", data_dir=tmp_path / "t.csv")
+    assert torch.equal(cte.y, te.y) and cte.split_source == "held-out 30% of t.csv (fixed stratified split)"
+
+
+@pytest.mark.parametrize("labels, expected", [
+    ([0, 1, 2] * 10, None),
+    ([0, 1, 2] * 9 + [99, 0, 1], "none of 3..98, so inferring num_classes=100 would make 96 classes without a "
+                                 "single example; odd label(s): 99 (1 row)"),  # issue 11: a stray 99
+    ([1, 2, 3] * 10, "odd label(s): 1 (10 rows), 2 (10 rows), 3 (10 rows). Fix the labels (relabel to 0..2; "
+                     "they look 1-based: use y - 1)"),
+    ([0, 2] * 15, "none of 1, so inferring num_classes=3 would make 1 class without a single example; odd "
+                  "label(s): 2 (15 rows)"),
+])
+def test_npz_labels_must_be_the_classes_0_to_k_minus_1(tmp_path, labels, expected):
+    x = np.random.default_rng(0).random((len(labels), 2)).astype(np.float32)
+    np.savez(tmp_path / "g.npz", x=x, y=np.array(labels))
+    if expected is None:
+        assert load_dataset("npz", data_dir=tmp_path / "g.npz").num_classes == 3
+        return
+    with pytest.raises(ValueError, match="labels are not the classes 0..K-1") as e:
+        load_dataset("npz", data_dir=tmp_path / "g.npz")
+    odd = max(labels)
+    assert expected in str(e.value) and f"pass num_classes={odd + 1}" in str(e.value) and "\n" not in str(e.value)
+    # an explicit num_classes that covers the labels is the user's decision: accepted
+    if labels.count(odd) >= 2:
+        assert load_dataset("npz", data_dir=tmp_path / "g.npz", num_classes=odd + 1).num_classes == odd + 1
+        np.savez(tmp_path / "k.npz", x=x, y=np.array(labels), num_classes=odd + 1)
+        assert load_dataset("npz", data_dir=tmp_path / "k.npz").num_classes == odd + 1
+    with pytest.raises(ValueError, match=rf"num_classes={odd} but label\(s\) {odd} lie outside"):
+        load_dataset("npz", data_dir=tmp_path / "g.npz", num_classes=odd)
+
+
+def test_csv_labels_with_gaps_and_negative_labels_are_refused(tmp_path):
+    rows = "".join(f"0.5,{c}\n" for c in [0, 1] * 5 + [7])
+    (tmp_path / "g.csv").write_text("a,y\n" + rows)
+    with pytest.raises(ValueError, match=r"none of 2..6.*odd label\(s\): 7 \(1 row\)"):
+        load_dataset("csv", data_dir=tmp_path / "g.csv")
+    (tmp_path / "n.csv").write_text("a,y\n" + "".join(f"0.5,{c}\n" for c in [0, 1, -1] * 4))
+    with pytest.raises(ValueError, match="negative label"):
+        load_dataset("csv", data_dir=tmp_path / "n.csv")
+
+
 def test_csv_round_trip_label_column_and_headerless(tmp_path):
-    (tmp_path / "t.csv").write_text("a,label,b\n0.5,1,0\n1,0,0.25\n\n0,2,1\n")
-    ds = load_dataset("csv", data_dir=tmp_path / "t.csv", label="label")
+    d = tmp_path / "labelled"
+    d.mkdir()
+    (d / "train.csv").write_text("a,label,b\n0.5,1,0\n1,0,0.25\n\n0,2,1\n")
+    (d / "test.csv").write_text("a,label,b\n0,0,0\n")
+    ds = load_dataset("csv", data_dir=d, label="label")
     assert ds.x.tolist() == [[0.5, 0], [1, 0.25], [0, 1]] and ds.y.tolist() == [1, 0, 2]
     assert ds.feature_names == ["a", "b"] and ds.num_classes == 3 and ds.name == "csv"
-    (tmp_path / "n.csv").write_text("0.5,0.25,1\n0,1,0\n")  # no header: label is the last column
-    ds = load_dataset("csv", data_dir=tmp_path / "n.csv")
+    assert ds.split_source == "file: labelled/train.csv"
+    assert load_dataset("csv", "test", data_dir=d, label="label").num_classes == 3  # classes of both files
+    d = tmp_path / "plain"
+    d.mkdir()
+    (d / "train.csv").write_text("0.5,0.25,1\n0,1,0\n")  # no header: label is the last column
+    ds = load_dataset("csv", data_dir=d)
     assert ds.x.tolist() == [[0.5, 0.25], [0, 1]] and ds.y.tolist() == [1, 0] and ds.feature_names == ["x0", "x1"]
 
 

@@ -265,3 +265,20 @@ def test_attacks_are_deterministic_and_more_generations_never_weaker():
     assert bool((best[1] >= best[0] - 1e-6).all()) and bool((best[2] >= best[1] - 1e-6).all())
     c = constrained_pgd(model, x, y, threat, generator=torch.Generator().manual_seed(1))
     assert torch.equal(c, constrained_pgd(model, x, y, threat, generator=torch.Generator().manual_seed(1)))
+
+
+def test_generic_pgd_refuses_clean_rows_it_cannot_repair_around():
+    # issue 15: a clean row that breaks a relation is every repair's fallback, so pgd used to return points
+    # violating it; now the projection refuses and names the row
+    schema = Schema.from_dict({"name": "sum", "feature": [
+        {"name": "a", "lower": 0.0, "std": 1.0}, {"name": "b", "lower": 0.0, "std": 1.0},
+        {"name": "total", "lower": 0.0}],
+        "relation": [{"type": "equality", "name": "total=a+b", "target": "total", "terms": {"a": 1.0, "b": 1.0}}]})
+    threat = threat_from_schema(schema, 0.5)
+    torch.manual_seed(0)
+    model = build_model({"name": "mlp", "input_shape": [3], "num_classes": 2, "hidden": [8]})
+    x, y = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 7.0]]), torch.tensor([0, 1])
+    for attack in (lambda: pgd(model, x, y, threat, steps=3), lambda: fgsm(model, x, y, threat)):
+        with pytest.raises(ValueError, match=r"clean row 1 violates relation 'total=a\+b'.*schema.validate"):
+            attack()
+    assert_feasible(threat, pgd(model, x[:1], y[:1], threat, steps=3), x[:1])  # feasible rows are attacked

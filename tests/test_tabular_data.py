@@ -39,6 +39,18 @@ def test_breast_cancer_is_raw_with_the_fixed_split_and_declared_std():
     assert not data.schema.feature("worst texture").mutable and data.schema.feature("worst radius").mutable
     eps = data.threat(0.5).eps
     assert eps[names.index("mean texture")] == 0 and eps[names.index("mean area")] > 10
+    # each split says where it comes from, for results.json
+    assert data.test.split_source == "held-out 30% of breast-cancer (fixed stratified split)"
+    assert reg.split_source == data.test.split_source and "70% of breast-cancer" in data.train.split_source
+
+
+def test_clean_rows_that_break_the_schema_are_refused_when_the_dataset_is_built(tmp_path):
+    path = tmp_path / "creditcard.csv"
+    rows = [list(r) for r in write_creditcard(tmp_path / "ok.csv")]
+    rows[4][29] = "-2.5"  # Amount >= 0
+    write_creditcard(path, rows=rows, quote=False)
+    with pytest.raises(ValueError, match="dataset 'credit-card-csv': row 4, feature 'Amount' = -2.5 is outside"):
+        load_tabular("credit-card-csv", path)
 
 
 def test_german_credit_ships_the_real_table():

@@ -177,3 +177,71 @@ def test_threat_from_schema_path_and_dict_round_trip(tmp_path):
         constraints_from_dict({"kind": "image"})
     with pytest.raises(ValueError, match="pass eps="):
         threat_from_schema(variant(eps=_DROP))
+
+
+# --- issue 15: relations satisfiable one at a time but not together; infeasible clean data ----------------
+
+def _with_relation(rel, **changes):
+    d = variant(**changes)
+    d["relation"].append(rel)
+    return d
+
+
+@pytest.mark.parametrize("schema, names, absent", [
+    # ship <= goods, and goods <= ship - 5: each holds somewhere (goods is unbounded above), never both
+    (_with_relation({"type": "inequality", "name": "goods<ship", "terms": {"goods": 1.0, "ship": -1.0},
+                     "bound": -5.0}), ["relations 'ship<=goods', 'goods<ship' cannot all hold at once"], "'sum'"),
+    # total = goods + ship <= 1000 (total's bound), yet goods >= 2000
+    (_with_relation({"type": "inequality", "name": "big goods", "terms": {"goods": 1.0}, "sense": ">=",
+                     "bound": 2000.0}), ["relations 'sum', 'big goods' cannot all hold", "total in [0, 1000]"],
+     "ship<=goods"),
+    # two categories of one one-hot group at once
+    (_with_relation({"type": "inequality", "name": "two cats", "terms": {"m=a": 1.0, "m=b": 1.0},
+                     "sense": ">=", "bound": 2.0}), ["relation 'two cats' cannot hold", "one-hot group(s) ['m']"],
+     "'sum'"),
+    # "observed" bounds count as unbounded at load time: the conflict is found before any data are seen
+    (_with_relation({"type": "inequality", "name": "goods<ship", "terms": {"goods": 1.0, "ship": -1.0},
+                     "bound": -5.0}, feature__2__lower="observed", feature__2__upper="observed"),
+     ["relations 'ship<=goods', 'goods<ship' cannot all hold at once"], "'sum'"),
+])
+def test_relations_that_conflict_together_are_refused_at_load(schema, names, absent):
+    with pytest.raises(ValueError) as e:
+        Schema.from_dict(schema)
+    msg = str(e.value)
+    assert all(n in msg for n in names) and absent not in msg and "\n" not in msg, msg
+
+
+def test_relations_conflicting_with_fitted_bounds_are_refused_at_fit():
+    # ship <= goods and ship >= 50 hold together until goods' observed bounds come out below 50
+    d = _with_relation({"type": "inequality", "name": "ship>=50", "terms": {"ship": 1.0}, "sense": ">=",
+                        "bound": 50.0}, feature__2__lower="observed", feature__2__upper="observed")
+    s = Schema.from_dict(d)
+    with pytest.raises(ValueError, match=r"relations 'ship<=goods', 'ship>=50' cannot all hold.*goods in \[10, 30\]"):
+        s.fit(np.array([[30, 1, 10.0, 1, 11, 1, 0, 0], [40, 2, 30.0, 2, 32, 0, 1, 0]]))
+
+
+def test_shipped_schemas_are_satisfiable():
+    for name in ("breast_cancer.toml", "german_credit.toml", "fraud_synthetic.toml", "creditcard.toml"):
+        load_schema(schema_path(name))  # the joint check passes on every shipped schema
+
+
+@pytest.mark.parametrize("row, message", [
+    ([30, 1, -1.0, 0, -1, 1, 0, 0], "data: row 1, feature 'goods' = -1 is outside its bounds"),
+    ([30, 1.5, 10.0, 1, 11, 1, 0, 0], "data: row 1, feature 'n' = 1.5 is not an integer"),
+    ([30, 1, 10.0, 1, 11, 0, 0, 0], "data: row 1, categorical 'm' is not one-hot"),
+    ([30, 1, 10.0, 1, 12, 1, 0, 0], "data: row 1 violates relation 'sum'"),
+])
+def test_threat_from_schema_refuses_data_that_break_the_schema(row, message):
+    ok = [30, 1, 10.0, 1, 11, 1, 0, 0]
+    with pytest.raises(ValueError, match=None) as e:
+        threat_from_schema(BASE, 0.5, data=np.array([ok, row]))
+    assert message in str(e.value), str(e.value)
+    with pytest.raises(ValueError, match="data_all: row 1"):
+        threat_from_schema(BASE, 0.5, data=np.array([ok]), data_all=np.array([ok, row]))
+    assert threat_from_schema(BASE, 0.5, data=np.array([ok, ok])).constraints is not None
+
+
+def test_float32_data_at_a_decimal_bound_are_feasible():
+    d = variant(feature__3__upper=0.1)  # float32(0.1) > 0.1: stored data must still be inside
+    s = Schema.from_dict(d)
+    s.validate(np.array([[30, 1, 10.0, 0.1, 10.1, 1, 0, 0]], dtype=np.float32).astype(np.float64))

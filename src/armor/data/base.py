@@ -10,13 +10,19 @@ import torch
 
 @dataclass
 class Dataset:
-    """Inputs in [0, 1] (float32, N×C×H×W images or N×D tabular) with int64 labels in [0, num_classes)."""
+    """Inputs in [0, 1] (float32, N×C×H×W images or N×D tabular) with int64 labels in [0, num_classes).
+
+    ``split_source`` says where this split's points come from, for results: ``"file: ..."`` when the data
+    holds the split itself, ``"held-out 30% of x.npz (fixed stratified split)"`` when armor made it (see
+    :func:`split_description`); ``None`` when the loader does not say.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     num_classes: int
     name: str
     feature_names: list[str] | None = None
+    split_source: str | None = None
 
     def __post_init__(self) -> None:
         if self.x.dtype != torch.float32 or self.y.dtype != torch.int64:
@@ -47,7 +53,7 @@ class Dataset:
             idx = slice(0, n_or_indices)
         else:
             idx = torch.as_tensor(n_or_indices, dtype=torch.long)
-        return Dataset(self.x[idx], self.y[idx], self.num_classes, self.name, self.feature_names)
+        return Dataset(self.x[idx], self.y[idx], self.num_classes, self.name, self.feature_names, self.split_source)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x, self.y
@@ -70,9 +76,18 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = F
 
 
 SPLIT_SEED = 0  # fixed, not the run's seed: a different seed must never move test points into train
+TEST_SIZE = 0.3  # share of the points held out for test when the data do not come split
 
 
-def stratified_split(y, split: str, test_size: float = 0.3):
+def split_description(source: str, split: str, test_size: float = TEST_SIZE) -> str:
+    """The ``split_source`` of a split made by :func:`stratified_split` from ``source`` (a file or dataset name)."""
+    pct = round(test_size * 100)
+    if split == "test":
+        return f"held-out {pct}% of {source} (fixed stratified split)"
+    return f"{100 - pct}% of {source}, the other {pct}% held out for test (fixed stratified split)"
+
+
+def stratified_split(y, split: str, test_size: float = TEST_SIZE):
     """Indices of ``split`` in a stratified train/test split that is identical in every run."""
     import numpy as np
     from sklearn.model_selection import train_test_split

@@ -24,7 +24,8 @@ fight each other, a dependent pushed out of its bounds), the repair backtracks: 
 fraction ``t`` of the move ``x + t * (x_adv - x)``, keeping the largest ``t`` met whose repair satisfies
 everything (rounded integers can make feasibility along the segment non-monotone, so "largest met", not
 "largest"). ``t = 0`` is the clean
-point, which is always feasible (clean data are validated against the schema), so every returned point
+point, which is always feasible (clean data are validated against the schema; a clean row that is not makes
+``repair`` raise ``ValueError`` naming it, never return an infeasible point), so every returned point
 satisfies every constraint. Bounds, immutables, monotone rules, integers and one-hot groups hold exactly;
 linear relations hold to a relative tolerance of 1e-5 (float32 rounding of sums).
 """
@@ -174,8 +175,23 @@ class TabularConstraints:
         bad = ~self.satisfied(fixed, xs)
         if bad.any():
             fixed[bad] = self._backtrack(v0[bad], x64[bad], xs[bad], t, x_adv.dtype)
+            still = ~self.satisfied(fixed[bad], xs[bad])
+            if still.any():  # the fallback is the clean point: it must be infeasible itself
+                raise self._infeasible_clean(xs[bad][still][0], int(todo[bad][still][0]))
         out[todo] = fixed
         return out
+
+    def _infeasible_clean(self, x_row: torch.Tensor, row: int) -> ValueError:
+        """The error for a clean row no repair can fall back to: returning its points would break the schema."""
+        try:
+            self.schema.validate(x_row[None].detach().cpu().double().numpy(), where=f"clean row {row}")
+        except ValueError as e:
+            detail = str(e).replace(f"clean row {row}: row 0", f"clean row {row}")
+        else:
+            kinds = [k for k, v in self.violations(x_row[None], x_row[None]).items() if bool(v.any())]
+            detail = f"clean row {row} violates the schema's {', '.join(kinds) or 'float32-rounded'} constraints"
+        return ValueError(f"{detail}; no feasible point exists around it, so the threat cannot repair attacks "
+                          "there: check the data with schema.validate(x) before attacking")
 
     def _repair64(self, v: torch.Tensor, x: torch.Tensor, t: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
         v = torch.where(torch.isfinite(v), v, x)  # a NaN would slip through every comparison below
@@ -484,7 +500,9 @@ def threat_from_schema(schema: Union[Schema, str, Path, dict], eps: Optional[flo
         schema: a :class:`Schema`, a TOML path or a dict.
         eps: the budget in standard deviations of each feature (default: the schema's ``eps``).
         data: training rows (N×D raw); fits ``"observed"`` bounds and missing ``std`` (see ``Schema.fit``).
-        data_all: rows defining ``"observed"`` bounds (default ``data``).
+            Every row must satisfy the schema (``Schema.validate``): a ``ValueError`` names the first that does
+            not.
+        data_all: rows defining ``"observed"`` bounds (default ``data``); validated too.
         constrained: ``False`` gives the relaxed threat: the same ball and bounds, immutables as budgeted as
             mutable features, no domain constraints. It contains the constrained threat's every point.
     Returns:
@@ -494,6 +512,10 @@ def threat_from_schema(schema: Union[Schema, str, Path, dict], eps: Optional[flo
     schema = as_schema(schema)
     if data is not None:
         schema = schema.fit(data, data_all)
+        # the clean rows are every repair's fallback: an infeasible one would leak into attack results
+        schema.validate(data, where="threat_from_schema: data")
+        if data_all is not None:
+            schema.validate(data_all, where="threat_from_schema: data_all")
     if eps is None:
         if schema.eps is None:
             raise ValueError(f"schema {schema.source}: pass eps= (in standard deviations) or declare eps = ... "

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from ...data.base import Dataset, stratified_split
+from ...data.base import Dataset, split_description, stratified_split
 from ...threat import ThreatModel
 from .constraints import threat_from_schema
 from .schema import Group, Schema, load_schema
@@ -236,17 +236,19 @@ def mlp_spec(train: Dataset, hidden: tuple[int, ...] = (64, 64)) -> dict[str, An
 
 def _make(name: str, x: np.ndarray, y: np.ndarray, schema: Schema, split_idx: Callable[[str], np.ndarray],
           num_classes: int = 2) -> TabularData:
+    """Both splits of a table and its schema fitted to it; every row must satisfy the schema (``ValueError``
+    naming the first row and feature or relation that does not), since clean rows are every repair's fallback."""
     x32 = x.astype(np.float32)
     tr, te = split_idx("train"), split_idx("test")
     fitted = schema.fit(x32[tr].astype(np.float64), x32.astype(np.float64))
     fitted.validate(x32, where=f"dataset {name!r}")
     names = fitted.feature_names
 
-    def ds(idx: np.ndarray) -> Dataset:
+    def ds(idx: np.ndarray, split: str) -> Dataset:
         return Dataset(torch.from_numpy(x32[idx].copy()), torch.from_numpy(y[idx].astype(np.int64)), num_classes,
-                       name, names)
+                       name, names, split_description(name, split))
 
-    return TabularData(ds(tr), ds(te), fitted)
+    return TabularData(ds(tr, "train"), ds(te, "test"), fitted)
 
 
 def _split(y: np.ndarray) -> Callable[[str], np.ndarray]:

@@ -251,6 +251,9 @@ class Schema:
             r, c = np.argwhere(~np.isfinite(x))[0]
             raise ValueError(f"{where}: row {r}, feature {self.features[c].name!r} is not finite ({x[r, c]})")
         lo, hi = self.bounds()
+        # data stored in float32 (as models see them) may round a declared bound such as 0.1 outwards
+        lo = np.minimum(lo, lo.astype(np.float32).astype(np.float64))
+        hi = np.maximum(hi, hi.astype(np.float32).astype(np.float64))
         checks = (((x < lo) | (x > hi), "outside its bounds"),
                   ((x != np.round(x)) & self._kind_mask("integer")[None, :], "not an integer, in"))
         for mask, what in checks:
@@ -323,8 +326,12 @@ class Schema:
             if t.eps_scale != 1.0:
                 raise _err(self.source, f"feature {rel.target!r}: a dependent feature's budget is implied by its "
                                         "terms; remove eps_scale")
-        if not self.is_fitted:
-            return
+        if self.is_fitted:
+            self._check_each_relation()
+        self._check_jointly()
+
+    def _check_each_relation(self) -> None:
+        """A relation that no point inside the (fitted) bounds can satisfy on its own is an error."""
         for rel in self.relations:
             lo_sum, hi_sum = 0.0, 0.0
             for n, c in rel.terms:
@@ -341,6 +348,27 @@ class Schema:
                     raise _err(self.source, f"relation {rel.name!r} cannot be satisfied: its right-hand side ranges "
                                             f"over [{lo_sum + rel.constant:g}, {hi_sum + rel.constant:g}] but "
                                             f"{rel.target!r} is bounded to [{t.lower:g}, {t.upper:g}]")
+
+    def _check_jointly(self) -> None:
+        """Relations that each hold somewhere but never all at once (within the bounds, integers and one-hot
+        groups) are an error naming a smallest conflicting set: otherwise every attack's repair would fall back
+        to infeasible points. ``"observed"`` bounds count as unbounded until fitted."""
+        conflict = _conflicting_relations(self)
+        if conflict is None:
+            return
+        names = ", ".join(repr(r.name) for r in conflict)
+        used = list(dict.fromkeys([n for r in conflict for n, _ in r.terms] +
+                                  [r.target for r in conflict if r.target is not None]))
+        extra = [g.name for g in self.groups if set(g.members) & set(used)]
+        bounds = "; ".join(f"{n} in [{_fmt(self.feature(n).lower)}, {_fmt(self.feature(n).upper)}]"
+                           + (" integer" if self.feature(n).kind == "integer" else "") for n in used[:6]
+                           if self.feature(n).kind != "onehot")
+        what = (f" and the one-hot group(s) {extra} (exactly one category set)" if extra else "")
+        head = (f"relation {names} cannot hold: no point within the bounds{what} satisfies it" if len(conflict) == 1
+                else f"relations {names} cannot all hold at once: no point within the bounds{what} satisfies them "
+                     "together")
+        raise _err(self.source, f"{head} ({bounds or 'no numeric features'}); fix or drop "
+                                f"{'it' if len(conflict) == 1 else 'one of them'}")
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -484,6 +512,59 @@ def _parse_relation(r: Any, i: int, source: str, names: set[str]) -> Relation:
     if sense == ">=":
         parsed, bound = [(n, -c) for n, c in parsed], -bound
     return Relation("inequality", tuple(parsed), label, None, 0.0, float(bound))
+
+
+def _fmt(b: Union[float, str]) -> str:
+    return b if isinstance(b, str) else f"{b:g}"
+
+
+def _conflicting_relations(schema: Schema) -> Optional[list[Relation]]:
+    """``None`` if some point satisfies the bounds, integer features, one-hot groups and every relation at once
+    (a mixed-integer feasibility problem, solved with scipy's HiGHS); otherwise a smallest set of relations
+    that conflict (deletion filter: drop each relation whose removal keeps the rest infeasible)."""
+    if not schema.relations:
+        return None
+    try:
+        from scipy.optimize import linprog
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn; the per-relation check still runs
+        return None
+    d = schema.n_features
+    bounds = [(None if isinstance(f.lower, str) or not math.isfinite(f.lower) else f.lower,
+               None if isinstance(f.upper, str) or not math.isfinite(f.upper) else f.upper) for f in schema.features]
+    integrality = np.array([f.kind in ("integer", "onehot") for f in schema.features], dtype=int)
+    group_rows = []
+    for g in schema.groups:
+        row = np.zeros(d)
+        row[[schema.index(m) for m in g.members]] = 1.0
+        group_rows.append((row, 1.0))
+
+    def rows(rel: Relation) -> tuple[np.ndarray, float]:
+        a = np.zeros(d)
+        for n, c in rel.terms:
+            a[schema.index(n)] += c
+        if rel.kind == "equality":  # target - sum(c * term) = constant
+            a[schema.index(rel.target)] -= 1.0
+            return -a, rel.constant
+        return a, rel.bound + RELATION_TOL * (1 + abs(rel.bound))  # the tolerance data are validated with
+
+    def feasible(rels: list[Relation]) -> bool:
+        ub = [rows(r) for r in rels if r.kind == "inequality"]
+        eq = [rows(r) for r in rels if r.kind == "equality"] + group_rows
+        res = linprog(np.zeros(d), A_ub=np.array([a for a, _ in ub]) if ub else None,
+                      b_ub=np.array([b for _, b in ub]) if ub else None,
+                      A_eq=np.array([a for a, _ in eq]) if eq else None,
+                      b_eq=np.array([b for _, b in eq]) if eq else None,
+                      bounds=bounds, integrality=integrality, method="highs")
+        return res.status != 2  # 2: infeasible; anything else (limits, numerical trouble) does not prove it
+
+    core = list(schema.relations)
+    if feasible(core):
+        return None
+    for rel in list(core):
+        rest = [r for r in core if r is not rel]
+        if not feasible(rest):
+            core = rest
+    return core or None  # bounds alone infeasible (non-integral data fitted into an integer's bounds): validate says
 
 
 def _as_array(x: Any, d: int, where: str) -> np.ndarray:
