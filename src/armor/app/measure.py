@@ -9,6 +9,7 @@ next to results.json as ``artifacts.npz``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -20,9 +21,57 @@ from ..engine import as_xy
 from ..evaluate import evaluate
 from ..plugins import Measurement, domain_of_dataset
 from ..threat import ThreatModel
+from ..threads import ThreadsArg, use_threads
 from .rundir import RunDir
 
-Progress = Optional[Callable[[str], None]]
+
+class MeasureProgress:
+    """What :func:`measure` reports while it runs; subclass and override what you want to show (every method
+    here does nothing). A plain callable ``progress(message)`` is accepted too: it hears the stage names only.
+    """
+
+    def stage(self, name: str, index: int, total: int) -> None:
+        """Stage ``index`` of ``total`` (from 1) starts: "worst-case evaluation", "curve", "calibration", a
+        domain measurement's name, "masking"."""
+
+    def attack_start(self, name: str, n_points: int, n_batches: int, done: int) -> None:
+        """An attack of the worst case starts (or resumes after ``done`` batches) on ``n_points`` points."""
+
+    def attack_batch(self, name: str, batch: int, n_batches: int) -> None:
+        """Batch ``batch`` of ``n_batches`` (from 1) of the current attack is done."""
+
+    def curve_point(self, eps: float, index: int, total: int) -> None:
+        """Budget ``index`` of ``total`` (from 1) of the robustness curve is done."""
+
+    def info(self, message: str) -> None:
+        """A line of information (e.g. the thread count :func:`measure_run` chose)."""
+
+
+class _Stages(MeasureProgress):
+    """A plain ``progress(message)`` callable as a :class:`MeasureProgress` (stage names only)."""
+
+    def __init__(self, say: Optional[Callable[[str], None]]) -> None:
+        self.say = say
+
+    def stage(self, name: str, index: int, total: int) -> None:
+        if self.say is not None:
+            self.say(name)
+
+
+class _AttackHook:
+    """The evaluator's ``progress(name, batch, n_batches)`` callback with its ``start`` hook, forwarding both."""
+
+    def __init__(self, hooks: MeasureProgress) -> None:
+        self.hooks = hooks
+
+    def __call__(self, name: str, batch: int, n_batches: int) -> None:
+        self.hooks.attack_batch(name, batch, n_batches)
+
+    def start(self, name: str, n_points: int, n_batches: int, done: int) -> None:
+        self.hooks.attack_start(name, n_points, n_batches, done)
+
+
+Progress = Union[MeasureProgress, Callable[[str], None], None]
 
 
 def measurements_for(dataset: Optional[str]) -> tuple[Measurement, ...]:
@@ -62,26 +111,37 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
         masking_n: points for the masking checks. state_path: resumable state for the worst-case evaluation
             (see :func:`armor.evaluate`; a directory keys it by what is evaluated); the state is removed once
             every measurement is done, since nothing is left to resume.
+        progress: a :class:`MeasureProgress` (stages, every attack batch of the worst case, every curve budget)
+            or a callable ``progress(message)`` that hears the stage names; nothing is printed otherwise.
+    The thread count is torch's current one: pick it with :func:`armor.threads.use_threads` (what
+    ``armor evaluate --threads`` does), e.g. ``with use_threads("auto", model): measure(...)``.
     Returns:
         ``(entry, artifacts)``.
     """
     x, y = as_xy(data)
     if n is not None:
         x, y = x[:n], y[:n]
-    say = progress or (lambda msg: None)
+    hooks = progress if isinstance(progress, MeasureProgress) else _Stages(progress)
     t0 = time.perf_counter()
     grid = metrics.check_eps_grid(eps_grid) if eps_grid is not None else None
+    switches = {"shift": shift, "interpret": interpret, "calibration": calibration, "masking": masking}
+    extra = [m for m in measurements if m.option is None or switches.get(m.option, True)]
+    stages = (["worst-case evaluation"] + (["curve"] if threat.eps_scalar > 0 else [])
+              + (["calibration"] if calibration else []) + [m.name for m in extra] + (["masking"] if masking else []))
 
-    say("worst-case evaluation")
+    def announce(key: str) -> None:
+        hooks.stage(key, stages.index(key) + 1 if key in stages else len(stages), len(stages))
+
+    announce("worst-case evaluation")
     result = evaluate(model, (x, y), threat, suite=suite, batch_size=batch_size, seed=seed, individual=True,
-                      attack_kwargs=attack_kwargs, keep_adv=True, state_path=state_path)
+                      attack_kwargs=attack_kwargs, keep_adv=True, state_path=state_path,
+                      progress=_AttackHook(hooks))
     entry: dict[str, Any] = result.to_dict()
     entry["eval_seconds"] = {"worst_case": result.seconds}
     artifacts: dict[str, Any] = {}
-    switches = {"shift": shift, "interpret": interpret, "calibration": calibration, "masking": masking}
 
     def timed(key: str, fn: Callable[[], Any]) -> Any:
-        say(key)
+        announce(key)
         t = time.perf_counter()
         out = fn()
         entry["eval_seconds"][key] = round(time.perf_counter() - t, 3)
@@ -90,13 +150,11 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
     if threat.eps_scalar > 0:
         entry["curve"] = timed("curve", lambda: metrics.robustness_curve(
             model, x, y, threat, grid if grid is not None else metrics.default_eps_grid(threat.eps_scalar),
-            suite=curve_suite, batch_size=batch_size, seed=seed))
+            suite=curve_suite, batch_size=batch_size, seed=seed, progress=hooks.curve_point))
     if calibration:
         entry["calibration"] = timed("calibration", lambda: metrics.calibration_report(
             model, x, y, threat, batch_size=batch_size, seed=seed))  # its own PGD: robust points count at their worst iterate
-    for m in measurements:
-        if m.option is not None and not switches.get(m.option, True):
-            continue
+    for m in extra:
         fields, art = timed(m.name, lambda m=m: m.fn(model, x, y, threat, result=result, seed=seed,
                                                     batch_size=batch_size, attack_kwargs=attack_kwargs))
         entry.update(fields)
@@ -138,16 +196,25 @@ def add_cost(models: dict[str, dict[str, Any]]) -> None:
 def measure_run(run_dir: Any, *, norm: Optional[str] = None, eps: Optional[float] = None,
                 dataset: Optional[str] = None, data_dir: Optional[str] = None, n: Optional[int] = 1000,
                 suite: Union[str, Sequence[str], None] = None, progress: Progress = None,
-                **kwargs: Any) -> tuple[dict, dict]:
+                threads: ThreadsArg = None, **kwargs: Any) -> tuple[dict, dict]:
     """:func:`measure` for a run directory: its model, its dataset's test split, its threat model by default,
-    the suite and measurements its dataset's domain asks for."""
+    the suite and measurements its dataset's domain asks for.
+
+    ``threads``: a thread count or ``"auto"`` (:func:`armor.threads.use_threads` for the run's model) for the
+    duration of the call; ``None`` leaves torch's thread count alone. The choice goes to ``progress.info``.
+    """
     run = RunDir(run_dir)
     model = run.model()
     test = run.dataset("test", dataset, data_dir)
     threat = run.threat(norm, eps)
     name = dataset or run.dataset_name
-    entry, art = measure(model, test, threat, suite=suite or default_suite_for(name),
-                         measurements=measurements_for(name), n=n, progress=progress, **kwargs)
+    setting = use_threads(threads, model) if threads is not None else contextlib.nullcontext()
+    with setting:
+        if isinstance(setting, use_threads) and isinstance(progress, MeasureProgress):
+            progress.info(setting.choice.describe())
+        entry, art = measure(model, test, threat, suite=suite or default_suite_for(name),
+                             measurements=measurements_for(name), n=n, progress=progress, **kwargs)
     entry.update(run.info())
     entry["threat"] = run.threat_spec(norm, eps)
+    entry["test_split"] = getattr(test, "split_source", None) or f"the test split of {name}"
     return entry, art
