@@ -8,6 +8,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..claims import accuracy_interval
+
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04"]
 
 
@@ -30,8 +32,19 @@ def to_data_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def attack_bars(models: dict[str, dict[str, Any]]) -> str:
-    """Grouped bars per model: clean, cumulative accuracy after each attack, and the worst case."""
+def _yerr(vals: Sequence[float], n: Any) -> Optional[np.ndarray]:
+    """Asymmetric 95% Wilson error bars (2, len) for accuracies on n points; None when n is unknown."""
+    lo, hi = [], []
+    for v in vals:
+        iv = accuracy_interval(float(v), n) if np.isfinite(v) else None
+        lo.append(max(0.0, v - iv[0]) if iv else 0.0)
+        hi.append(max(0.0, iv[1] - v) if iv else 0.0)
+    return np.array([lo, hi]) if isinstance(n, int) and n > 0 else None
+
+
+def attack_bars(models: dict[str, dict[str, Any]], threat: str = "") -> str:
+    """Grouped bars per model: clean, cumulative accuracy after each attack, and the worst case, with 95% Wilson
+    error bars on the n test points."""
     plt = _plt()
     names = list(models)
     attacks: list[str] = []
@@ -39,7 +52,7 @@ def attack_bars(models: dict[str, dict[str, Any]]) -> str:
         for a in m.get("per_attack", {}):
             if a not in attacks:
                 attacks.append(a)
-    cols = ["clean"] + attacks + ["worst case"]
+    cols = ["clean"] + [a if i == 0 else f"+ {a}" for i, a in enumerate(attacks)] + ["worst case"]
     fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(cols) * max(1, len(names)) / 2), 3.2))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
@@ -47,15 +60,21 @@ def attack_bars(models: dict[str, dict[str, Any]]) -> str:
         vals = [m.get("clean_accuracy", np.nan)]
         vals += [m.get("per_attack", {}).get(a, {}).get("cumulative_accuracy", np.nan) for a in attacks]
         vals += [m.get("robust_accuracy", np.nan)]
+        vals = [np.nan if v is None else float(v) for v in vals]
         xs = np.arange(len(cols)) + (i - (len(names) - 1) / 2) * width
-        bars = ax.bar(xs, vals, width, label=name, color=PALETTE[i % len(PALETTE)])
+        bars = ax.bar(xs, vals, width, label=name, color=PALETTE[i % len(PALETTE)],
+                      yerr=_yerr(vals, m.get("n")), error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#374151"})
         for b, v in zip(bars, vals):
-            if np.isfinite(v):
-                ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.0%}", ha="center", va="bottom", fontsize=7)
+            if np.isfinite(v):  # inside the bar's foot, or above a bar too short to hold it
+                low = v < 0.12
+                ax.text(b.get_x() + b.get_width() / 2, v + 0.05 if low else 0.02, f"{v:.0%}", ha="center",
+                        va="bottom", fontsize=7, color="#111827" if low else "white")
     ax.set_xticks(np.arange(len(cols)), cols)
-    ax.set_ylim(0, 1.08)
-    ax.set_ylabel("accuracy")
-    ax.legend(frameon=False, fontsize=8, ncols=min(4, len(names)))
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("accuracy (cumulative over the attacks so far)")
+    if threat:
+        ax.set_title(f"{threat}; error bars: 95% Wilson intervals", fontsize=8, color="#4b5563")
+    ax.legend(frameon=False, fontsize=8, ncols=min(4, len(names)), loc="upper right")
     return to_data_uri(fig)
 
 
@@ -67,8 +86,13 @@ def curves(models: dict[str, dict[str, Any]]) -> Optional[str]:
     for i, (name, m) in enumerate(models.items()):
         pts = m.get("curve") or []
         if pts:
-            ax.plot([p["eps"] for p in pts], [p["robust_accuracy"] for p in pts], "o-", ms=3, label=name,
-                    color=PALETTE[i % len(PALETTE)])
+            eps = [p["eps"] for p in pts]
+            acc = [p["robust_accuracy"] for p in pts]
+            ax.plot(eps, acc, "o-", ms=3, label=name, color=PALETTE[i % len(PALETTE)])
+            band = [accuracy_interval(a, p.get("n", m.get("n"))) for a, p in zip(acc, pts)]
+            if all(b is not None for b in band):
+                ax.fill_between(eps, [b[0] for b in band], [b[1] for b in band], color=PALETTE[i % len(PALETTE)],
+                                alpha=0.15, lw=0)
         train_eps = (m.get("threat_model") or {}).get("eps")
         if isinstance(train_eps, (int, float)) and i == 0:
             ax.axvline(train_eps, color="#9ca3af", ls="--", lw=1)
@@ -81,30 +105,83 @@ def curves(models: dict[str, dict[str, Any]]) -> Optional[str]:
     return to_data_uri(fig)
 
 
-def reliability(models: dict[str, dict[str, Any]]) -> Optional[str]:
-    """Reliability diagrams: one panel per model, clean and attacked curves against the diagonal."""
+def merge_sparse_bins(rel: dict[str, Any], min_count: int = 20) -> list[dict[str, Any]]:
+    """Reliability bins merged with their neighbours until each holds at least ``min_count`` points.
+
+    Walks the (equal-width) bins from low to high confidence, pooling counts, confidence sums and correct counts
+    until the pool reaches ``min_count``; a last pool that stays short joins the one before it (or stands alone
+    when it is the only one). Empty bins disappear. The pooled bin's confidence and accuracy are count-weighted
+    means, so nothing is re-measured: ECE, computed on the original bins, is unchanged.
+    Returns ``[{"lower", "upper", "count", "confidence", "accuracy"}, ...]``.
+    """
+    lowers, uppers = rel.get("bin_lower") or [], rel.get("bin_upper") or []
+    out: list[dict[str, Any]] = []
+    pool: Optional[dict[str, Any]] = None
+    for b, (c, conf, acc) in enumerate(zip(rel.get("count", []), rel.get("confidence", []), rel.get("accuracy", []))):
+        if not c or conf is None or acc is None:
+            continue
+        lo = lowers[b] if b < len(lowers) else None
+        hi = uppers[b] if b < len(uppers) else None
+        if pool is None:
+            pool = {"lower": lo, "upper": hi, "count": 0, "conf_sum": 0.0, "correct": 0.0}
+        pool["upper"] = hi
+        pool["count"] += int(c)
+        pool["conf_sum"] += conf * c
+        pool["correct"] += acc * c
+        if pool["count"] >= min_count:
+            out.append(pool)
+            pool = None
+    if pool is not None:
+        if out:
+            last = out[-1]
+            last["upper"] = pool["upper"]
+            for k in ("count", "conf_sum", "correct"):
+                last[k] += pool[k]
+        else:
+            out.append(pool)
+    return [{"lower": p["lower"], "upper": p["upper"], "count": p["count"], "confidence": p["conf_sum"] / p["count"],
+             "accuracy": p["correct"] / p["count"]} for p in out]
+
+
+MIN_BIN = 20  # points per bin of a reliability diagram
+
+
+def reliability(models: dict[str, dict[str, Any]], attacked_labels: Optional[dict[str, str]] = None,
+                min_count: int = MIN_BIN) -> Optional[str]:
+    """Reliability diagrams: one panel per model, clean and attacked curves against the diagonal.
+
+    Each point is a bin of at least ``min_count`` points (:func:`merge_sparse_bins`) at its mean confidence,
+    with a 95% Wilson interval on its accuracy; ``attacked_labels`` names each model's attacked set.
+    """
     plt = _plt()
     items = [(n, m["calibration"]) for n, m in models.items() if m.get("calibration")]
     if not items:
         return None
-    fig, axes = plt.subplots(1, len(items), figsize=(3.0 * len(items), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(items), figsize=(3.4 * len(items), 3.9), squeeze=False)
     for ax, (name, cal) in zip(axes[0], items):
         ax.plot([0, 1], [0, 1], color="#9ca3af", lw=1, ls="--")
         for key, color in (("clean", PALETTE[0]), ("attacked", PALETTE[1])):
             rel = (cal.get(key) or {}).get("reliability")
             if not rel:
                 continue
-            conf, acc, cnt = (np.asarray(rel.get(k, []), dtype=float) for k in ("confidence", "accuracy", "count"))
-            keep = cnt > 0
+            bins = merge_sparse_bins(rel, min_count)
+            if not bins:
+                continue
+            conf = np.array([b["confidence"] for b in bins])
+            acc = np.array([b["accuracy"] for b in bins])
+            ivs = [accuracy_interval(float(a), b["count"]) for a, b in zip(acc, bins)]
+            yerr = np.clip([[a - iv[0] for a, iv in zip(acc, ivs)], [iv[1] - a for a, iv in zip(acc, ivs)]], 0, None)
             ece = (cal.get(key) or {}).get("ece")
-            label = f"{key} (ECE {ece:.3f})" if isinstance(ece, (int, float)) else key
-            ax.plot(conf[keep], acc[keep], "o-", ms=3, color=color, label=label)
+            what = "clean" if key == "clean" else "under " + (attacked_labels or {}).get(name, "attack")
+            label = f"{what} (ECE {ece:.3f}, {len(bins)} bins)" if isinstance(ece, (int, float)) else what
+            ax.errorbar(conf, acc, yerr=yerr, fmt="o-", ms=3, lw=1.2, elinewidth=0.8, capsize=2, color=color,
+                        label=label)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("confidence")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.legend(frameon=False, fontsize=7, loc="upper left")
-    axes[0][0].set_ylabel("accuracy")
+        ax.set_xlabel("confidence (bin mean)")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=1)
+    axes[0][0].set_ylabel("accuracy in the bin")
     return to_data_uri(fig)
 
 
