@@ -22,8 +22,8 @@ install: $(VENV)/.torch
 
 install-dev: $(VENV)/.torch
 	$(PIP) install -e '.[dev]'
-	# independent reference implementation for agreement tests (imports without torchvision)
-	$(PIP) install --no-deps torchattacks==3.5.1 || echo "torchattacks unavailable: agreement tests will be skipped"
+	# independent reference implementation for agreement tests (imports without torchvision); required by `test`
+	$(PIP) install --no-deps torchattacks==3.5.1
 
 # System data and browser for the tests: Debian's Fashion-MNIST IDX files and headless Chromium.
 # Skipped (tests that need them skip with a reason) when apt-get is not usable.
@@ -37,8 +37,9 @@ sysdeps:
 demo: install
 	$(VENV)/bin/armor demo --out $(OUT)
 
+# ARMOR_REQUIRE_REFERENCE: the agreement tests (tests/test_reference.py) fail, rather than skip, without torchattacks.
 test: install-dev sysdeps
-	$(PY) -m pytest -q
+	ARMOR_REQUIRE_REFERENCE=1 $(PY) -m pytest -q
 
 # Peers (torchattacks, ART) live in a separate environment, never in armor's dependencies.
 bench: install

@@ -139,11 +139,31 @@ def test_attack_in_eval_mode_sees_no_dropout_randomness(digits):
     assert torch.equal(a, b) and m.training
 
 
-def test_dtype_and_device_come_from_inputs(model, digits):
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", CORE)
+def test_dtype_and_device_come_from_inputs(model, digits, name, device):
+    """float64 inputs give float64 outputs on the inputs' device, for every attack and each norm it supports.
+
+    The attack runs with torch's default device set to "meta": a tensor it creates without the inputs'
+    device (``torch.zeros(shape)`` instead of ``torch.zeros_like(x)``) lands there and the attack fails, so a
+    CPU-only machine catches that bug too. A float32 detour shows as a float32 output, a dtype error in the
+    float64 model, or an output without float64 precision."""
     _, _, x, y = digits
-    m64 = model.double()
-    x_adv = pgd(m64, x[:10].double(), y[:10], armor.ThreatModel("l2", 0.5), generator=_gen())
-    assert x_adv.dtype == torch.float64
+    m64 = model.double().to(device)
+    x64, y = x[:8].double().to(device), y[:8].to(device)
+    for norm in ATTACKS[name].norms:
+        threat = armor.ThreatModel(norm, EPS[norm])
+        with torch.device("meta"):
+            x_adv = get_attack(name, **FAST.get(name, {}))(m64, x64, y, threat,
+                                                           generator=torch.Generator(device).manual_seed(0))
+        assert x_adv.dtype == torch.float64 and x_adv.device == x64.device, (norm, x_adv.dtype, x_adv.device)
+        assert x_adv.shape == x64.shape and bool(threat.contains(x_adv, x64).all()), norm
+        assert not torch.equal(x_adv, x64), norm  # it attacked (8 points, an undefended model)
+        if norm == "linf":  # computed in float64, not in float32 and cast back: x ± 0.1 is not a float32 number
+            assert not torch.equal(x_adv, x_adv.float().double())
 
 
 @pytest.mark.parametrize("mutate, match", [

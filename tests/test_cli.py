@@ -1,13 +1,17 @@
 """Every command through typer's CliRunner: happy paths on a tiny digits run, and clear errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from armor.app.cli import app
 from armor.app.results import SCHEMA
+from armor.data import load_dataset
+from armor.training import load
 
 runner = CliRunner()
 
@@ -25,11 +29,22 @@ def run_dir(tmp_path_factory):
     return out
 
 
+COMMANDS = {"list", "train", "attack", "evaluate", "report", "check", "demo"}
+
+
 def test_help_lists_every_command():
+    """The Commands panel lists exactly these commands, each a row of its own. Most of their names are also
+    words of the app's description ("Attack models, ... adversarial training, ... report it"), so the rows
+    are parsed rather than searched for words: a command that is not registered has no row."""
     r = invoke("--help")
     assert r.exit_code == 0
-    for cmd in ("list", "train", "attack", "evaluate", "report", "check", "demo"):
-        assert cmd in r.output
+    panel = r.output[r.output.index("Commands"):]
+    # rich draws each row as "│ name   description │"; continuation lines are indented past the name column
+    rows = re.findall(r"^│ (\S+) {2,}\S", panel, flags=re.M)
+    assert set(rows) == COMMANDS and len(rows) == len(COMMANDS), rows
+    for cmd in sorted(COMMANDS):  # and each one answers its own --help
+        r = invoke(cmd, "--help")
+        assert r.exit_code == 0 and re.search(rf"Usage: \S+ {cmd} ", r.output), (cmd, r.output)
 
 
 @pytest.mark.parametrize("what, expect", [("attacks", "apgd-t"), ("datasets", "fashion-mnist"),
@@ -45,9 +60,28 @@ def test_attack_writes_adversarial_examples(run_dir, tmp_path):
     r = invoke("attack", run_dir, "--attack", "pgd", "--eps", "0.1", "--n", "64", "--out", out)
     assert r.exit_code == 0, r.output
     z = np.load(out)
-    assert z["x_adv"].shape == z["x"].shape == (64, 1, 8, 8)
-    assert np.abs(z["x_adv"] - z["x"]).max() <= np.float32(0.1)
-    assert (z["pred_adv"] != z["y"]).sum() >= (z["pred_clean"] != z["y"]).sum()
+    x, y, x_adv = (torch.from_numpy(z[k]) for k in ("x", "y", "x_adv"))
+    assert x_adv.shape == x.shape == (64, 1, 8, 8)
+    test = load_dataset("digits", "test")  # the first 64 test points, as asked
+    assert torch.equal(x, test.x[:64]) and torch.equal(y, test.y[:64])
+    assert (x_adv - x).abs().max() <= np.float32(0.1) and x_adv.min() >= 0 and x_adv.max() <= 1
+    # the predictions stored are the run's model's (best checkpoint) on x and x_adv, recomputed here
+    model = load(run_dir)
+    with torch.no_grad():
+        pred_clean, pred_adv = model(x).argmax(1), model(x_adv).argmax(1)
+    assert np.array_equal(z["pred_clean"], pred_clean.numpy()) and np.array_equal(z["pred_adv"], pred_adv.numpy())
+    # and the attack does its job (an attack returning x would fool none): of the points the model gets right,
+    # PGD fools most, a random corner of the same ball next to none (measured on these 64 points, 2-epoch
+    # model: 20 right, PGD fools 12, random signs 0)
+    right = pred_clean == y
+    fooled = int((right & (pred_adv != y)).sum())
+    signs = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        noise_fooled = int((right & (model((x + 0.1 * signs).clamp(0, 1)).argmax(1) != y)).sum())
+    assert right.sum() >= 10 and fooled >= 0.4 * int(right.sum()) and fooled >= noise_fooled + 5, (
+        int(right.sum()), fooled, noise_fooled)
+    acc_clean, acc_adv = right.float().mean().item(), (pred_adv == y).float().mean().item()
+    assert f"accuracy {acc_clean:.1%} -> {acc_adv:.1%}" in " ".join(r.output.split())
 
 
 def test_evaluate_report_check_round_trip(run_dir, tmp_path):
@@ -75,7 +109,8 @@ def test_check_clean_drop_against_a_baseline(tmp_path):
     def write(name, clean, robust):
         p = tmp_path / name
         p.write_text(json.dumps({"schema": SCHEMA, "armor_version": "x", "clean_accuracy": clean,
-                                 "robust_accuracy": robust, "per_attack": {}, "threat_model": {}, "n": 10}))
+                                 "robust_accuracy": robust, "per_attack": {},
+                                 "threat_model": {"norm": "linf", "eps": 0.1}, "n": 10}))
         return p
 
     base, hard = write("base.json", 0.99, 0.0), write("hard.json", 0.95, 0.6)

@@ -168,10 +168,22 @@ def test_equipment_shift_trains_on_device_zero_and_tests_on_all(digits):
 
 
 def test_identical_devices_show_no_gap(model, digits):
+    """Three devices of one make, each with its own read noise: the gap is sampling noise, not 0 by
+    construction (noise-free identical devices would image identical pixels), and no device is favoured.
+
+    Measured over seeds 0-29 (397 test images): the noise costs accuracy (0.83 vs 0.95 clean), gap mean
+    +0.005, sd 0.019, largest |gap| 0.047. Scoring the training device on noise-free images instead would
+    show a gap of about 0.12."""
     _, _, xte, yte = digits
-    same = [DeviceProfile(gamma=0.8, blur_sigma=0.3, name=f"d{i}") for i in range(3)]
-    r = equipment_shift(model, xte, yte, profiles=same)
-    assert len(set(r["per_device"].values())) == 1 and r["gap"] == 0.0
+    same = [DeviceProfile(gamma=0.8, blur_sigma=0.3, noise_std=0.3, name=f"d{i}") for i in range(3)]
+    r = equipment_shift(model, xte, yte, profiles=same, seed=0)
+    views = device_views(xte, same, seed=0)
+    assert not any(torch.equal(views[i], views[j]) for i, j in ((0, 1), (0, 2), (1, 2)))  # independent noise
+    acc = [accuracy(model, v, yte) for v in views]
+    assert [r["per_device"][str(i)] for i in range(3)] == pytest.approx(acc)
+    assert r["gap"] == pytest.approx(acc[0] - (acc[1] + acc[2]) / 2)
+    assert r["in_device_accuracy"] < accuracy(model, xte, yte) - 0.05
+    assert abs(r["gap"]) < 0.07
 
 
 def test_equipment_shift_rejects_bad_setups(model, digits):
