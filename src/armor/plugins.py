@@ -33,12 +33,14 @@ Every field but ``name`` is optional. What each one plugs into:
 ``measurements``   ``armor evaluate`` extras (:class:`Measurement`), run when the dataset's domain is this one
 ``report``         HTML sections of ``armor report`` (:class:`ReportSection`)
 ``demos``          ``armor demo --dataset NAME`` (name -> ``run(out, seed=, quiet=, say=) -> results dict``)
+``workflow``       `armor train --domain NAME` and `armor evaluate RUN` for models that are not classifiers of
+                   a dataset (:class:`Workflow`: agents in environments, measured in returns)
 =================  ==========================================================================================
 
-A domain whose sample is not a tensor in a box (an RL episode, a token sequence) uses the same interface: its
-dataset loader returns what its own attacks, measurements and demo understand, its ``measurements`` and
-``report`` sections carry its own figures (returns instead of accuracy), and the library parts it does not use
-(the lp projections, the image metrics) are simply not referenced.
+A domain whose sample is not a tensor in a box (an RL episode, a token sequence) uses the same interface: a
+:class:`Workflow` trains and measures its runs (the run directory, results.json, `armor report` and `armor check`
+stay the application's), its ``report`` sections carry its own figures (returns instead of accuracy), and the
+library parts it does not use (the image metrics) are simply not referenced.
 """
 
 from __future__ import annotations
@@ -108,6 +110,39 @@ class ReportSection:
 
 
 @dataclass(frozen=True)
+class Option:
+    """A command-line option a workflow adds to `armor train` / `armor evaluate` (``--name-with-dashes``)."""
+
+    type: type
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """How a domain trains and measures when its models are not classifiers of a dataset: an agent acting in an
+    environment, measured in episodes and returns.
+
+    Arguments:
+        train: ``train(options, out, *, quiet) -> None`` writes a run directory whose ``metadata.json`` holds
+            ``"domain": <name>``; ``options`` are the given `armor train` options (recipe, eps, norm, seed and the
+            workflow's own), ``None`` for those not given.
+        evaluate: ``evaluate(run_dir, options, *, progress) -> (entry, artifacts)``: one results.json entry (with
+            ``"domain": <name>``, ``threat`` and ``n``) and the report's arrays.
+        options: the workflow's own options (`armor train --domain NAME --help` lists them).
+        validate: ``validate(name, entry, where)`` raises ``ValueError`` for a damaged entry of this domain.
+        gates: what `armor check --min-FIGURE` may gate on: gate name -> entry key of a figure where higher is
+            better, e.g. ``{"robust-return": "robust_return"}``.
+    """
+
+    train: Callable[..., Any]
+    evaluate: Callable[..., tuple[dict, dict]]
+    options: Mapping[str, Option] = field(default_factory=dict)
+    validate: Optional[Callable[[str, dict, str], None]] = None
+    gates: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Domain:
     """What one domain contributes; see the module docstring for where each field plugs in."""
 
@@ -122,6 +157,7 @@ class Domain:
     measurements: Sequence[Measurement] = ()
     report: Sequence[ReportSection] = ()
     demos: Mapping[str, Callable[..., dict]] = field(default_factory=dict)
+    workflow: Optional[Workflow] = None
 
 
 _discovered: Optional[dict[str, Domain]] = None
@@ -217,6 +253,12 @@ def lazy(target: str, *args: Any) -> Callable[..., Any]:
     return call
 
 
+def workflow_of(name: Optional[str]) -> Optional[Workflow]:
+    """The workflow of domain ``name`` (``None`` if there is no such domain or it has none)."""
+    domain = domains().get(name) if name else None
+    return domain.workflow if domain is not None else None
+
+
 def domain_of_dataset(dataset: str) -> Optional[Domain]:
     """The domain that contributes dataset ``dataset`` (``None`` if none does)."""
     for domain in domains().values():
@@ -225,5 +267,5 @@ def domain_of_dataset(dataset: str) -> Optional[Domain]:
     return None
 
 
-__all__ = ["DatasetSpec", "Domain", "ENTRY_POINT_GROUP", "Measurement", "ReportSection", "contributions", "domain_of_dataset",
-           "domains", "lazy", "register", "registered", "unregister"]
+__all__ = ["DatasetSpec", "Domain", "ENTRY_POINT_GROUP", "Measurement", "Option", "ReportSection", "Workflow", "contributions", "domain_of_dataset",
+           "domains", "lazy", "workflow_of", "register", "registered", "unregister"]

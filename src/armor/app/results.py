@@ -40,6 +40,16 @@ def validate_entry(name: str, entry: Any, where: str) -> None:
     at = f"{where}: model {name!r}"
     if not isinstance(entry, dict):
         raise ValueError(f"{at} must be an object of figures, got {type(entry).__name__}")
+    if entry.get("domain") is not None:  # an entry of a workflow domain (agents: returns, not accuracies)
+        from ..plugins import workflow_of
+
+        workflow = workflow_of(entry["domain"])
+        if workflow is None:
+            raise ValueError(f"{at} was measured by the {entry['domain']!r} domain, which is not installed here: "
+                             "install the package that provides it")
+        if workflow.validate is not None:
+            workflow.validate(name, entry, where)
+        return
     missing = [k for k in REQUIRED if k not in entry]
     if missing:
         raise ValueError(f"{at} lacks {', '.join(missing)}; the file is damaged or partial")
@@ -114,7 +124,7 @@ def _version() -> str:
 def threat_label(entry: dict[str, Any]) -> str:
     """The threat model of an entry as people write it: "linf eps=0.1 (input units)"."""
     spec = entry.get("threat") if isinstance(entry.get("threat"), dict) else None
-    tm = entry.get("threat_model") or {}
+    tm = entry.get("threat_model") if isinstance(entry.get("threat_model"), dict) else {}
     if spec and _is_number(spec.get("eps")):
         return f"{spec.get('norm', tm.get('norm'))} eps={spec['eps']:g} ({spec.get('eps_unit', 'input units')})"
     eps = tm.get("eps")
@@ -125,9 +135,12 @@ def threat_label(entry: dict[str, Any]) -> str:
 
 def threat_key(entry: dict[str, Any]) -> str:
     """Two entries were measured under the same threat model iff their keys are equal."""
-    tm = entry.get("threat_model") or {}
-    return json.dumps({"norm": tm.get("norm"), "eps": tm.get("eps"), "bounds": tm.get("bounds"),
-                       "constraints": tm.get("constraints")}, sort_keys=True)
+    tm = entry.get("threat_model") if isinstance(entry.get("threat_model"), dict) else {}
+    spec = entry.get("threat") if isinstance(entry.get("threat"), dict) else {}
+    return json.dumps({"norm": tm.get("norm", spec.get("norm")), "eps": tm.get("eps", spec.get("eps")),
+                       "bounds": tm.get("bounds"), "constraints": tm.get("constraints"),
+                       "unit": spec.get("eps_unit") if not tm else None, "domain": entry.get("domain")},
+                      sort_keys=True)
 
 
 def _eps_matches(entry: dict[str, Any], eps: float) -> bool:
@@ -138,13 +151,15 @@ def _eps_matches(entry: dict[str, Any], eps: float) -> bool:
 
 def check(data: dict[str, Any], min_robust_accuracy: Optional[float] = None, max_clean_drop: Optional[float] = None,
           baseline: Optional[dict[str, Any]] = None, model: Optional[str] = None, *, norm: Optional[str] = None,
-          eps: Optional[float] = None, passes: Optional[list[str]] = None) -> list[str]:
+          eps: Optional[float] = None, passes: Optional[list[str]] = None,
+          floors: Optional[dict[str, float]] = None) -> list[str]:
     """The CI gate: a list of failures (empty means pass), each naming the model, threat, figure and bound.
 
     ``norm`` / ``eps`` pin the threat model: results measured under another one fail the gate (a model is not
     robust at eps 0.1 because it held at 0.02). ``max_clean_drop`` compares clean accuracy with a baseline: the
     demo's ``claims`` baseline model, or the ``baseline`` results (a standard model's results.json) when given.
-    ``passes``, if given, receives one line per bound that held.
+    ``floors`` adds figures of any entry (e.g. ``{"robust_return": 150}`` for an agent); a model without that
+    figure fails. ``passes``, if given, receives one line per bound that held.
     """
     models = models_of(data)
     if model is not None:
@@ -153,11 +168,13 @@ def check(data: dict[str, Any], min_robust_accuracy: Optional[float] = None, max
         models = {model: models[model]}
     elif isinstance(data.get("claims"), dict) and data["claims"].get("hardened") in models:
         models = {data["claims"]["hardened"]: models[data["claims"]["hardened"]]}
+    floors = {**({"robust_accuracy": min_robust_accuracy} if min_robust_accuracy is not None else {}),
+              **(floors or {})}
     failures: list[str] = []
     held = passes if passes is not None else []
     for name, m in models.items():
         label = f"{name} under {threat_label(m)}, n={m['n']}"
-        tm_norm = (m.get("threat_model") or {}).get("norm")
+        tm_norm = (m.get("threat") or m.get("threat_model") or {}).get("norm")
         if norm is not None and tm_norm != norm:
             failures.append(f"{label}: measured under the {tm_norm} norm, the gate asks for {norm}")
             continue
@@ -165,11 +182,14 @@ def check(data: dict[str, Any], min_robust_accuracy: Optional[float] = None, max
             failures.append(f"{label}: measured at another eps than the gate's eps={eps:g}; evaluate at that eps "
                             f"(`armor evaluate RUN --eps {eps:g}`)")
             continue
-        if min_robust_accuracy is not None:
-            line = (f"{label}: robust accuracy {m['robust_accuracy']:.4f} "
-                    f"{'>=' if m['robust_accuracy'] >= min_robust_accuracy else 'is below'} the floor "
-                    f"{min_robust_accuracy:.4f}")
-            (held if m["robust_accuracy"] >= min_robust_accuracy else failures).append(line)
+        for key, floor in floors.items():
+            what = key.replace("_", " ")
+            value = m.get(key)
+            if not _is_number(value):
+                failures.append(f"{label}: has no {what} figure (this gate is for another kind of model)")
+                continue
+            line = f"{label}: {what} {value:.4f} {'>=' if value >= floor else 'is below'} the floor {floor:.4f}"
+            (held if value >= floor else failures).append(line)
         if max_clean_drop is not None:
             if baseline is not None:
                 base = next(iter(models_of(baseline).values()))["clean_accuracy"]
