@@ -148,20 +148,23 @@ def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[st
     """Render the report HTML from a results dict (``{"models": {...}, "claims": {...}}`` or one model entry)."""
     from ... import __version__
 
-    models = results["models"] if "models" in results else {results.get("name", "model"): results}
-    if not models:
+    every = results["models"] if "models" in results else {results.get("name", "model"): results}
+    if not every:
         raise ValueError("the results hold no model to report on")
+    # The core sections are about classifiers; entries of a workflow domain (agents: returns) appear in their
+    # domain's own section only.
+    models = {n: m for n, m in every.items() if m.get("domain") is None}
     artifacts = artifacts or {}
     claims = results.get("claims")
     env = Environment(loader=PackageLoader("armor.app", "report/templates"), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.globals.update(pct=_pct, num=_num, secs=_secs, pp=_pp, ci=_ci)
-    first = next(iter(models.values()))
-    labels = sorted({threat_label(m) for m in models.values() if m.get("threat_model")})
+    first = next(iter(models.values()), {})
+    labels = sorted({threat_label(m) for m in every.values() if m.get("threat_model") or m.get("threat")})
     threat = "; ".join(labels)
     attacked = {n: _attacked_label(m) for n, m in models.items() if m.get("calibration")}
     figs = {"attacks": plots.attack_bars(models, threat), "curves": plots.curves(models),
-            "reliability": plots.reliability(models, attacked), "shift": plots.shift_bars(models)}
+            "reliability": plots.reliability(models, attacked), "shift": plots.shift_bars(models)} if models else {}
     equipment = {n: m["equipment"] for n, m in models.items() if m.get("equipment")}
     if equipment:
         figs["equipment"] = plots.grouped_bars(
@@ -171,7 +174,7 @@ def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[st
     sections = []
     for domain in domains().values():
         for sec in domain.report:
-            ctx = sec.context(models, artifacts)
+            ctx = sec.context(every, artifacts)
             if ctx is not None:
                 html = Markup(env.from_string(sec.template).render(**ctx))
                 sections.append({"id": sec.id, "title": sec.title, "html": html})
@@ -187,7 +190,7 @@ def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[st
     return env.get_template("report.html.j2").render(
         title=title, version=__version__, generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         models=models, claims=claims, claim_cards=_claim_cards(claims, models) if claims else [], figs=figs,
-        equipment=equipment, interp=interp, sections=sections, dataset=results.get("dataset") or first.get("dataset"),
+        equipment=equipment, interp=interp, sections=sections, dataset=results.get("dataset") or first.get("dataset") or next(iter(every.values())).get("env"),
         threat=threat, suite=suite, check_help=CHECK_HELP, matrix=matrix, recommendation=recommend(models),
         verdicts={n: verdict_line(m) for n, m in models.items()}, attacked=attacked,
         attack_labels={n: {a: attack_label(a, m) for a in m.get("per_attack", {})} for n, m in models.items()},
