@@ -189,7 +189,7 @@ def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[st
                   "n": {row: row_n.get(row, first.get("n")) for row in mat["rows"]}}
     return env.get_template("report.html.j2").render(
         title=title, version=__version__, generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        models=models, claims=claims, claim_cards=_claim_cards(claims, models) if claims else [], figs=figs,
+        models=models, n_models=len(every), claims=claims, claim_cards=_claim_cards(claims, models) if claims else [], figs=figs,
         equipment=equipment, interp=interp, sections=sections, dataset=results.get("dataset") or first.get("dataset") or next(iter(every.values())).get("env"),
         threat=threat, suite=suite, check_help=CHECK_HELP, matrix=matrix, recommendation=recommend(models),
         verdicts={n: verdict_line(m) for n, m in models.items()}, attacked=attacked,
