@@ -120,7 +120,8 @@ class AgentEvaluation:
         out["attacks"] = {n: _stats(r, self.threshold, self.failed.get(n) if fk else None)
                           for n, r in self.returns.items()}
         if self.returns:
-            worst_failed = [any(self.failed[n][i] for n in self.returns) for i in range(len(self.seeds))] if fk else None
+            worst_failed = ([any(self.failed[n][i] for n in self.returns) for i in range(len(self.seeds))]
+                            if fk else None)  # failed under some attack of the suite
             out["worst"] = _stats(self.worst, self.threshold, worst_failed)
         return out
 
@@ -210,7 +211,8 @@ def evaluate_agent(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNorma
     finally:
         env.close()
     return AgentEvaluation(name, seeds, threat.to_dict(), raw_eps(normalizer, threat.eps_scalar), clean_returns,
-                           returns, lengths, failed, in_budget, seconds, cpu_seconds, fit, threshold, failure_key, attack_share)
+                           returns, lengths, failed, in_budget, seconds, cpu_seconds, fit, threshold, failure_key,
+                           attack_share)
 
 
 def curve_area(eps: Sequence[float], values: Sequence[float]) -> float:
