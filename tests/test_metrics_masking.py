@@ -1,9 +1,11 @@
 """Gradient-masking checks: deliberately masked models must be flagged, sound ones must not.
 
-Runtime ~8 s on 2 busy cores.
+Runtime ~20 s on 2 busy cores. The black-box check's numbers quoted below come from bench/masking_black_box.py
+(its "fixtures" family trains these very models), attack seeds 0, 1 and 2.
 """
 
 import json
+import math
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ import armor
 import armor.metrics.masking as masking_module
 from armor.attacks import pgd
 from armor.metrics import MASKING_CHECKS, MASKING_REGISTRY, masking_checks
+from armor.metrics.masking import BLACK_BOX_ALPHA, black_box_decision
 from conftest import DigitsNet, _train
 
 
@@ -45,6 +48,18 @@ class Saturated(nn.Module):
 
     def forward(self, x):
         return self.net(x) * 1e4
+
+
+class Rounded(nn.Module):
+    """``x.round()``-style preprocessing: inputs rounded to 17 levels (digits' own k/16 grid, so clean inputs are
+    unchanged); torch.round has a zero gradient."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(torch.round(x * 16) / 16)
 
 
 class Noisy(nn.Module):
@@ -88,7 +103,8 @@ def test_quantized_inputs_are_flagged(quantized_model, digits):
     _, _, x, y = digits
     r = masking_checks(quantized_model, x, y, THREAT, **BUDGET)
     _check_structure(r)
-    # measured: all gradients zero; Square 0.77 vs PGD 0.91; PGD-50 at eps 0.5 leaves 0.78
+    # measured: all gradients zero; PGD-50 at eps 0.5 leaves 0.78; Square alone fooled 26 of the 36 points any
+    # attack fooled (noise bound 15; attack seeds 1, 2: 36 of 41, 37 of 42)
     assert {"zero_gradients", "black_box_beats_white_box", "no_convergence_at_large_eps"} <= _flags(r)
     assert r["checks"]["zero_gradients"]["evidence"]["share_zero"] == 1.0
     assert "Square" in next(f["message"] for f in r["flags"] if f["name"] == "black_box_beats_white_box")
@@ -98,7 +114,8 @@ def test_saturated_logits_are_flagged(model, digits):
     _, _, x, y = digits
     r = masking_checks(Saturated(model), x, y, THREAT, **BUDGET)
     _check_structure(r)
-    # measured: zero gradient on every correctly classified point (94%); Square 0.53 vs PGD 0.94
+    # measured: zero gradient on every correctly classified point (94%); Square alone fooled 80 of the 83
+    # points any attack fooled (noise bound 29)
     assert {"zero_gradients", "black_box_beats_white_box", "no_convergence_at_large_eps"} <= _flags(r)
     assert r["checks"]["zero_gradients"]["evidence"]["share_zero"] > 0.9
 
@@ -153,6 +170,135 @@ def test_l1_skips_square_and_says_why(model, digits):
     assert "Square" in r["checks"]["black_box_beats_white_box"]["evidence"]["skipped"]
 
 
+# --- black_box_beats_white_box: per-point evidence against a measured noise level -------------------------------
+
+BLACK_BOX = dict(checks=["black_box_beats_white_box"], strong_steps=50, strong_restarts=2, square_queries=300)
+
+
+def _black_box(model, x, y, threat=THREAT, **kw):
+    r = masking_checks(model, x, y, threat, **{**BLACK_BOX, **kw})
+    return r, r["checks"]["black_box_beats_white_box"]["evidence"]
+
+
+def test_black_box_rule_on_counts():
+    # The bound is the (1 - alpha) quantile of Binomial(fooled, noise_rate): exact, checked against a direct sum.
+    def tail(k, n, p):
+        return sum(math.comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(k, n + 1))
+
+    for fooled in (0, 1, 7, 30, 100, 400):
+        d = black_box_decision(0, fooled)
+        c = d["noise_bound"]
+        assert tail(c + 1, fooled, 0.2) <= BLACK_BOX_ALPHA and (c == 0 or tail(c, fooled, 0.2) > BLACK_BOX_ALPHA)
+        if c + 1 <= fooled and c + 1 >= 5:
+            above = black_box_decision(c + 1, fooled)
+            assert above["fires"] and above["p_value"] == pytest.approx(tail(c + 1, fooled, 0.2), rel=1e-9)
+            assert not black_box_decision(c, fooled)["fires"]
+    nothing = black_box_decision(0, 0)
+    assert not nothing["fires"] and nothing["noise_bound"] == 0 and nothing["p_value"] == 1.0
+    # the floor: 4 of 4 is improbable at a 20% miss rate (p = 0.2 ** 4 = 0.0016 < alpha 0.01), but 4 < 5 points
+    assert black_box_decision(4, 4, alpha=0.01)["p_value"] == pytest.approx(0.2 ** 4)
+    assert not black_box_decision(4, 4, alpha=0.01)["fires"]
+    assert black_box_decision(4, 4, alpha=0.01, min_points=3)["fires"]
+    with pytest.raises(ValueError, match="only_square"):
+        black_box_decision(5, 4)
+
+
+def _fooling(which):
+    """A stand-in attack that fools exactly the points ``which(i)`` picks (i = index in the data; one batch):
+    it moves feature 0 across the toy model's decision boundary at 0.5."""
+
+    def attack(model, x, y, threat, *, generator=None, **kwargs):
+        out = x.clone()
+        pick = torch.tensor([bool(which(i)) for i in range(x.shape[0])])
+        out[pick, 0] = torch.where(x[pick, 0] < 0.5, x[pick, 0] + 0.08, x[pick, 0] - 0.08)
+        return out
+
+    return attack
+
+
+class Threshold(nn.Module):
+    def forward(self, x):
+        return torch.stack([0.5 - x[:, 0], x[:, 0] - 0.5], dim=1) * 10
+
+
+def test_black_box_reads_points_not_accuracies(monkeypatch):
+    """The issue: Square's accuracy far below each PGD run's is no evidence when the PGD runs together fooled the
+    same points. Weak PGD fools every third point, strong PGD the next third, Square both thirds: Square's
+    accuracy (33%) is 33 points below each PGD run's (67%), which the old accuracy rule flagged, but Square
+    alone fooled nothing. When the PGD runs fool only every tenth point and Square three more in ten, Square
+    alone fooled 90 of the 120 points any attack fooled: that fires."""
+    n = 300
+    x = torch.tensor([[0.46 if i % 2 else 0.54, 0.5] for i in range(n)])
+    y = (x[:, 0] > 0.5).long()
+    threat = armor.ThreatModel("linf", 0.1)
+
+    def use(weak, strong, sq):
+        monkeypatch.setattr(masking_module, "pgd", lambda model, x, y, threat, *, steps, generator=None, **kw:
+                            _fooling(weak if steps == 10 else strong)(model, x, y, threat))
+        monkeypatch.setattr(masking_module, "square", _fooling(sq))
+        return _black_box(Threshold(), x, y, threat)
+
+    r, ev = use(lambda i: i % 3 == 0, lambda i: i % 3 == 1, lambda i: i % 3 < 2)
+    assert ev["square_accuracy"] == pytest.approx(1 / 3) and ev["white_box_accuracy"] == pytest.approx(2 / 3)
+    assert ev["fooled_only_by_square"] == 0 and ev["fooled_by_any_attack"] == 200
+    assert r["flags"] == []
+    r, ev = use(lambda i: i % 10 == 0, lambda i: i % 10 == 0, lambda i: i % 10 < 4)
+    assert ev["fooled_only_by_square"] == 90 and ev["fooled_by_any_attack"] == 120
+    assert ev["worst_case_accuracy"] == pytest.approx(0.6) and ev["white_box_accuracy"] == pytest.approx(0.9)
+    assert _flags(r) == {"black_box_beats_white_box"}
+    msg = r["flags"][0]["message"]
+    assert "fooled 90 points that both PGD attacks" in msg and "75.0% of the 120 points any attack fooled" in msg
+    assert f"explains at most {ev['noise_bound']}" in msg and "60.0%" in msg and "is not real" not in msg
+
+
+# Honest models, every size: measured Square-alone counts (k), points any attack fooled, noise bound, attack seeds
+# 0/1/2 (p-values 0.8..1 throughout). The assertion p > 0.1 leaves k room for ~3x its spread over seeds.
+#   standard linf 0.1:  n=50 k 0..1 of 24..25 (bound 11..12); n=200 k 0..1 of 93 (31); n=397 k 0..1 of 166..167 (50)
+#   pgd-at   linf 0.1:  n=50 k 1..2 of 13..14 (8);  n=200 k 5..7 of 49..51 (19..20); n=397 k 9 of 87..89 (30)
+#   pgd-at   linf 0.2:  n=397 k 17..18 of 277..282 (77..78): the most any honest model gave at these budgets;
+#                       at the defaults (Square-1000, PGD-100 x 3) k 24..25 of 287..289 (bound 79..80).
+HONEST = [("model", 0.1, 50), ("model", 0.1, 200), ("model", 0.1, 397),
+          ("robust_model", 0.1, 50), ("robust_model", 0.1, 200), ("robust_model", 0.1, 397),
+          ("robust_model", 0.2, 397)]
+
+
+@pytest.mark.parametrize("which, eps, n", HONEST)
+def test_honest_models_do_not_fire_at_any_size(which, eps, n, request, digits):
+    _, _, x, y = digits
+    r, ev = _black_box(request.getfixturevalue(which), x, y, armor.ThreatModel("linf", eps), n=n)
+    assert r["flags"] == [] and r["checks"]["black_box_beats_white_box"]["passed"] is True
+    assert ev["points"] == n and ev["fooled_only_by_square"] <= ev["noise_bound"]
+    assert ev["p_value"] > 0.1, ev
+
+
+# Masked models, every size: measured k of fooled (bound), p-value, attack seeds 0/1/2.
+#   quantized (4 levels, retrained): n=50 k 10..11 of 12..13 (7..8), p <= 2e-5; n=397 k 48..56 of 60..63 (22..23)
+#   rounded (x.round() to 1/16):     n=50 k 29..30 of 31..32 (14), p <= 2e-18; n=397 k 208..214 of 216..221 (62..63)
+#   saturated (logits x 1e4):        n=50 k 20..22 of 21..23 (10..11), p <= 3e-13; n=397 k 134..140 of 140..147
+@pytest.mark.parametrize("n", [50, 397])
+@pytest.mark.parametrize("which", ["quantized", "rounded", "saturated"])
+def test_masked_models_fire_at_every_size(which, n, quantized_model, model, digits):
+    _, _, x, y = digits
+    masked = {"quantized": quantized_model, "rounded": Rounded(model), "saturated": Saturated(model)}[which]
+    r, ev = _black_box(masked, x, y, n=n)
+    assert _flags(r) == {"black_box_beats_white_box"}
+    assert ev["fooled_only_by_square"] > ev["noise_bound"] + 1 and ev["p_value"] < BLACK_BOX_ALPHA / 10, ev
+    assert ev["share_of_fooled_only_by_square"] > 0.6  # honest models above: at most 0.2
+    msg = r["flags"][0]["message"]
+    assert f"fooled {ev['fooled_only_by_square']} points" in msg
+    assert f"of the {ev['fooled_by_any_attack']} points any attack fooled" in msg and "is not real" not in msg
+
+
+def test_black_box_decision_is_deterministic(robust_model, quantized_model, digits):
+    """Same seed, same evidence; the attacks draw from seeded per-batch streams, so nothing here is chance."""
+    _, _, x, y = digits
+    for m, fires in ((robust_model, False), (quantized_model, True)):
+        first = _black_box(m, x, y, n=100, seed=1)
+        again = _black_box(m, x, y, n=100, seed=1)
+        assert first == again
+        assert (first[0]["flags"] != []) is fires
+
+
 def test_a_rising_curve_is_flagged(model, digits):
     _, _, x, y = digits
     curve = [{"eps": 0.0, "robust_accuracy": 0.95}, {"eps": 0.1, "robust_accuracy": 0.40},
@@ -196,6 +342,10 @@ def test_bad_arguments_are_rejected(model, digits):
         masking_checks(model, x, y, THREAT, checks=["foo"])
     with pytest.raises(ValueError, match="tol"):
         masking_checks(model, x, y, THREAT, tol=-1)
+    for bad in (dict(black_box_noise_rate=1.0), dict(black_box_noise_rate=-0.1), dict(black_box_alpha=0),
+                dict(black_box_min_points=0), dict(black_box_min_points=2.5)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            masking_checks(model, x, y, THREAT, **bad)
     with pytest.raises(ValueError, match="bounds"):
         masking_checks(model, x * 2, y, THREAT)
 

@@ -36,6 +36,73 @@ STREAM_LARGE_EPS = 4
 STREAM_CURVE = 10  # + the index of the eps factor
 
 
+# black_box_beats_white_box: the noise level. Of the points some attack fooled, the gradient attacks miss a few
+# on honest models too (random starts, limited steps, a flattening cross-entropy loss), and Square alone finds
+# those. The check reads each fooled point as missed by both PGD runs with probability at most
+# BLACK_BOX_NOISE_RATE and fires when the count Square alone fooled is improbable under that (binomial tail
+# <= BLACK_BOX_ALPHA) and at least BLACK_BOX_MIN_POINTS (:func:`black_box_decision`).
+# Measured by bench/masking_black_box.py (tables in bench/MASKING_BLACK_BOX.md), as "fooled by Square alone" of
+# "fooled by any attack", in 1004 runs: standard and PGD-AT models (digits MLP and small-cnn, the tests'
+# DigitsNet, breast-cancer MLP, Fashion-MNIST small-cnn), n 50..1000, linf 0.03..0.2 / l2 0.3..1 / 0.25..1 std,
+# 3 training and up to 3 attack seeds, Square-300 + PGD-50 x 2 and Square-1000 + PGD-100 x 3 (the defaults):
+#   honest (520 runs): wherever at least 20 points were fooled, at most 15 of 93 (16%: the tests' PGD-AT
+#     DigitsNet at linf 0.1, default budgets); 0.7% pooled; the smallest p-value under this rule is 0.36. The
+#     old rule (Square's accuracy 5 points below PGD's) fired on 5 of them: the same model at linf 0.2, where
+#     Square alone fooled 24 of 287.
+#   masked (484 runs; 4-level or x.round() input quantisation, a binarising step, logits x 1e4, on standard
+#     and PGD-AT models): 43% (13 of 30) to 100% wherever at least 20 points were fooled. The rule fires on 436;
+#     it stays silent where at most 14 points were fooled at all (too few to tell from noise; at eps below
+#     the rounding step nothing is fooled) and on the 13 of 30.
+# 0.2 lies above every honest run (16%) and far below the masked ones (43%+); alpha 1e-3 keeps a model that
+# really misses 20% silent 999 times in 1000; the floor keeps a handful of points from ever flagging.
+BLACK_BOX_NOISE_RATE = 0.2
+BLACK_BOX_MIN_POINTS = 5
+BLACK_BOX_ALPHA = 1e-3
+
+
+def _binomial_tails(n: int, p: float) -> list[float]:
+    """``t[k] = P(X >= k)`` for X ~ Binomial(n, p), k = 0..n+1 (exact; summed from the top, so small tails keep
+    their precision)."""
+    if p <= 0.0 or p >= 1.0:
+        at = 0 if p <= 0.0 else n
+        return [1.0 if k <= at else 0.0 for k in range(n + 2)]
+    logs = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p)
+            + (n - k) * math.log1p(-p) for k in range(n + 1)]
+    top = max(logs)
+    pmf = [math.exp(v - top) for v in logs]
+    total = math.fsum(pmf)
+    tails = [0.0] * (n + 2)
+    acc = 0.0
+    for k in range(n, -1, -1):
+        acc += pmf[k] / total
+        tails[k] = min(acc, 1.0)
+    tails[0] = 1.0
+    return tails
+
+
+def black_box_decision(only_square: int, fooled: int, *, noise_rate: float = BLACK_BOX_NOISE_RATE,
+                       min_points: int = BLACK_BOX_MIN_POINTS, alpha: float = BLACK_BOX_ALPHA) -> dict[str, Any]:
+    """The rule of ``black_box_beats_white_box``, on its counts.
+
+    ``fooled`` points (correct on clean inputs) were fooled by at least one of the three attacks (PGD weak,
+    PGD strong, Square); ``only_square`` of them by Square alone, both PGD runs leaving them correct. Under the
+    noise hypothesis the gradient attacks miss each fooled point with probability ``noise_rate`` at most,
+    independently, so ``only_square`` is at most Binomial(fooled, noise_rate). The noise bound is the largest
+    count that hypothesis explains: the smallest ``c`` with ``P(X > c) <= alpha``. The check fires when
+    ``only_square > c`` (so the p-value ``P(X >= only_square)`` is <= alpha) and ``only_square >= min_points``.
+
+    Returns ``{"fires", "noise_bound", "p_value", "rule"}``.
+    """
+    if not 0 <= only_square <= fooled:
+        raise ValueError(f"need 0 <= only_square <= fooled, got only_square={only_square}, fooled={fooled}")
+    tails = _binomial_tails(fooled, noise_rate)
+    bound = next(c for c in range(fooled + 1) if tails[c + 1] <= alpha)
+    fires = only_square > bound and only_square >= min_points
+    rule = (f"fires when Square alone fooled more than {bound} of the {fooled} points any attack fooled (binomial "
+            f"bound at a gradient-attack miss rate of {noise_rate:g}, alpha {alpha:g}) and at least {min_points}")
+    return {"fires": bool(fires), "noise_bound": int(bound), "p_value": float(tails[only_square]), "rule": rule}
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
@@ -64,7 +131,9 @@ class _Settings:
     square_queries: int
     tol: float
     more_iterations_tol: float
-    black_box_tol: float
+    black_box_noise_rate: float
+    black_box_min_points: int
+    black_box_alpha: float
     large_eps_max_accuracy: float
     zero_grad_tol: float
     zero_grad_max_fraction: float
@@ -257,25 +326,44 @@ def _more_iterations_help(ctx: _Context) -> Outcome:
 
 
 @_register("black_box_beats_white_box", run_order=2, explanation="""
-    The gradient-free Square attack must not beat the gradient attacks: when it finds adversarial examples
-    that they missed, the gradients are obfuscated. Skipped for l1 (Square supports linf and l2).""")
+    The gradient-free Square attack must not fool many points that every gradient attack left correct. On an
+    honest model the gradient attacks miss a few of the points that can be fooled (attack noise), and Square
+    picks those up; when Square alone fools more of them than that noise explains (a binomial bound), the
+    gradients mislead the gradient attacks. Skipped for l1 (Square supports linf and l2).""")
 def _black_box_beats_white_box(ctx: _Context) -> Outcome:
     s = ctx.s
     weak, strong = ctx.pgd_pair  # before the l1 skip, as it always ran: keeps random models' numbers as they were
     if ctx.threat.norm is Norm.L1:
         return _skipped("Square supports linf and l2 only")
     sq = ctx.square_correct
+    n = int(sq.numel())
+    white = weak & strong  # correct after both PGD runs (the runs count clean mistakes as wrong)
+    survivors = sq & white
+    only = int((~sq & white).sum())
+    fooled = int((ctx.clean_correct & ~survivors).sum())
     acc_sq = float(sq.double().mean())
     acc_white = min(float(weak.double().mean()), float(strong.double().mean()))
-    only_sq = float((~sq & weak & strong).double().mean())
-    passed = acc_sq >= acc_white - s.black_box_tol
+    worst = float(survivors.double().mean())
+    d = black_box_decision(only, fooled, noise_rate=s.black_box_noise_rate, min_points=s.black_box_min_points,
+                           alpha=s.black_box_alpha)
+    passed = not d["fires"]
     evidence = {"square_queries": s.square_queries, "square_accuracy": acc_sq, "white_box_accuracy": acc_white,
-                "share_fooled_only_by_square": only_sq, "tolerance": s.black_box_tol}
+                "worst_case_accuracy": worst, "points": n, "fooled_by_any_attack": fooled,
+                "fooled_only_by_square": only, "share_fooled_only_by_square": only / n if n else 0.0,
+                "share_of_fooled_only_by_square": only / fooled if fooled else 0.0,
+                "noise_rate": s.black_box_noise_rate, "noise_bound": d["noise_bound"], "p_value": d["p_value"],
+                "alpha": s.black_box_alpha, "min_points": s.black_box_min_points, "rule": d["rule"]}
     return Outcome(passed, evidence, None if passed else (
-        f"The gradient-free Square attack ({s.square_queries} queries) left {_pct(acc_sq)} accuracy, below "
-        f"the best gradient attack ({_pct(acc_white)}); it fooled {_pct(only_sq)} of the points that every "
-        "gradient attack missed. Gradients are obfuscated: the model's robustness against white-box "
-        "attacks is not real."))
+        f"Square ({s.square_queries} queries, no gradients) fooled {only} points that both PGD attacks "
+        f"(PGD-{s.weak_steps}, PGD-{s.strong_steps} x {s.strong_restarts} restarts) left correct: "
+        f"{_pct(only / fooled)} of the {fooled} points any attack fooled (n = {n}). Attack noise, the gradient "
+        f"attacks missing up to {_pct(s.black_box_noise_rate)} of the points that can be fooled (honest models "
+        f"stay below that), explains at most {d['noise_bound']} such points (binomial, p = {d['p_value']:.1g} <= "
+        f"{s.black_box_alpha:g}). On these points the gradients mislead the attacks, so PGD's robust accuracy "
+        f"({_pct(acc_white)}) overstates the model's: the worst case over the three attacks is {_pct(worst)}, and "
+        "a stronger attack may go lower. Look for the cause (the zero_gradients check; quantised or rounded "
+        "inputs, a saturated softmax, non-differentiable steps) and report robust accuracy from gradient-free "
+        "or adaptive attacks (Square, BPDA, EOT)."))
 
 
 @_register("zero_gradients", run_order=1, explanation="""
@@ -342,7 +430,9 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
                    large_eps: Optional[float] = None, large_eps_steps: int = 100,
                    weak_steps: int = 10, strong_steps: int = 100, strong_restarts: int = 3,
                    square_queries: int = 1000, tol: float = 0.03, more_iterations_tol: float = 0.1,
-                   black_box_tol: float = 0.05, large_eps_max_accuracy: float = 0.05,
+                   black_box_noise_rate: float = BLACK_BOX_NOISE_RATE,
+                   black_box_min_points: int = BLACK_BOX_MIN_POINTS, black_box_alpha: float = BLACK_BOX_ALPHA,
+                   large_eps_max_accuracy: float = 0.05,
                    zero_grad_tol: float = 1e-12, zero_grad_max_fraction: float = 0.1,
                    random_tol: float = 1e-5, n: Optional[int] = 500, batch_size: int = 500,
                    seed: int = 0) -> dict[str, Any]:
@@ -364,7 +454,11 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         square_queries: Square's query budget (linf and l2 only; skipped for l1).
         tol: allowed rise of accuracy with eps, and of the strong attack over the weak one.
         more_iterations_tol: flag when the strong attack is lower than the weak one by more than this.
-        black_box_tol: flag when Square's accuracy is below the best white-box accuracy by more than this.
+        black_box_noise_rate, black_box_min_points, black_box_alpha: flag when Square alone (both PGD runs
+            leaving the point correct) fools more of the points any attack fooled than attack noise explains:
+            more than the binomial bound at a miss rate of ``black_box_noise_rate`` and level
+            ``black_box_alpha``, and at least ``black_box_min_points`` (:func:`black_box_decision`; the
+            defaults are measured, see :data:`BLACK_BOX_NOISE_RATE`).
         large_eps_max_accuracy: flag when accuracy at the large eps stays above this.
         zero_grad_tol: loss-gradient L2 norms at or below this count as zero (armor's L2 step divides by
             max(||g||, 1e-12), so smaller gradients do not move it). zero_grad_max_fraction: flag above this share.
@@ -381,9 +475,15 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     for name in checks or ():
         if name not in REGISTRY:
             raise ValueError(f"unknown masking check {name!r}: choose from {', '.join(REGISTRY)}")
-    _check_tolerances(tol=tol, more_iterations_tol=more_iterations_tol, black_box_tol=black_box_tol,
+    _check_tolerances(tol=tol, more_iterations_tol=more_iterations_tol, black_box_noise_rate=black_box_noise_rate,
                       large_eps_max_accuracy=large_eps_max_accuracy, zero_grad_tol=zero_grad_tol,
                       zero_grad_max_fraction=zero_grad_max_fraction, random_tol=random_tol)
+    if not black_box_noise_rate < 1:
+        raise ValueError(f"black_box_noise_rate must be < 1, got {black_box_noise_rate!r}")
+    if not (isinstance(black_box_alpha, (int, float)) and 0 < black_box_alpha < 1):
+        raise ValueError(f"black_box_alpha must be a number in (0, 1), got {black_box_alpha!r}")
+    if isinstance(black_box_min_points, bool) or not isinstance(black_box_min_points, int) or black_box_min_points < 1:
+        raise ValueError(f"black_box_min_points must be an integer >= 1, got {black_box_min_points!r}")
     if min(weak_steps, strong_steps, strong_restarts, curve_steps, large_eps_steps, square_queries) < 1:
         raise ValueError("attack budgets (steps, restarts, queries) must be >= 1")
     if n is not None:
@@ -394,7 +494,8 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         curve=curve, eps_factors=eps_factors, curve_steps=curve_steps, large_eps=large_eps,
         large_eps_steps=large_eps_steps, weak_steps=weak_steps, strong_steps=strong_steps,
         strong_restarts=strong_restarts, square_queries=square_queries, tol=tol,
-        more_iterations_tol=more_iterations_tol, black_box_tol=black_box_tol,
+        more_iterations_tol=more_iterations_tol, black_box_noise_rate=float(black_box_noise_rate),
+        black_box_min_points=black_box_min_points, black_box_alpha=float(black_box_alpha),
         large_eps_max_accuracy=large_eps_max_accuracy, zero_grad_tol=zero_grad_tol,
         zero_grad_max_fraction=zero_grad_max_fraction, random_tol=random_tol)
     ctx = _Context(model, x, y, threat, settings, batch_size, seed)
