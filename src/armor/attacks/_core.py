@@ -87,7 +87,12 @@ def loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: L
         except (IndexError, RuntimeError) as e:  # free on the happy path; a clear message on the bad one
             check_logits(logits, y)
             raise e
-        (grad,) = torch.autograd.grad(loss.sum(), x)
+        if loss.requires_grad:
+            (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True)
+        else:
+            grad = None
+    if grad is None:  # the model cut the graph (a hard threshold, rounding): its input gradient is zero
+        grad = torch.zeros_like(x)
     return loss.detach(), logits.detach(), grad
 
 
