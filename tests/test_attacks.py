@@ -200,3 +200,28 @@ def test_probability_outputs_get_a_warning(model, digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pgd(model, x[:8], y[:8], armor.ThreatModel("linf", 0.1), generator=_gen())
+
+
+def test_a_model_that_cuts_the_graph_is_attacked_and_flagged_not_crashed():
+    # A hard threshold has no input gradient: attacks must run (and stay in the ball) and the masking checks
+    # must name the symptom, instead of autograd raising "does not require grad".
+    from armor.metrics import masking_checks
+
+    class Thresholded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc((x > 0.5).float().flatten(1))
+
+    model = Thresholded()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g)
+    threat = armor.ThreatModel("linf", 0.1)
+    for name in ("pgd", "apgd-ce", "fgsm"):
+        x_adv = get_attack(name)(model, x, y, threat, generator=torch.Generator().manual_seed(0))
+        assert threat.contains(x_adv, x).all()
+    checks = masking_checks(model, x, y, threat, checks=["zero_gradients"])
+    assert [f["name"] for f in checks["flags"]] == ["zero_gradients"]

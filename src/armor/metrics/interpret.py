@@ -49,7 +49,9 @@ def _input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: st
                     out = F.cross_entropy(logits, yb, reduction="sum")  # sum: each sample keeps its own gradient
                 else:
                     out = logits.gather(1, yb[:, None]).sum()
-                (g,) = torch.autograd.grad(out, xb)
+                g = torch.autograd.grad(out, xb, allow_unused=True)[0] if out.requires_grad else None
+            if g is None:  # the model cut the graph (hard threshold, rounding): the input gradient is zero
+                g = torch.zeros_like(xb)
             grads.append(g.detach().to(x.device))
     return torch.cat(grads)
 
