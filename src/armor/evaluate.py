@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -102,7 +102,7 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
              suite: Union[str, Sequence[str]] = "standard", *, n: Optional[int] = None, batch_size: int = 500,
              seed: int = 0, individual: bool = False, state_path: Union[str, Path, None] = None,
              attack_kwargs: Optional[dict[str, dict[str, Any]]] = None, keep_adv: bool = False,
-             progress: Any = None) -> EvalResult:
+             progress: Optional[Callable[[str, int, int], None]] = None) -> EvalResult:
     """Worst-case robust accuracy of ``model`` under ``threat`` over an ensemble of attacks.
 
     Arguments:
@@ -119,6 +119,10 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
             A file path (not a directory): that file; a state in it for anything else raises ``ValueError``.
         attack_kwargs: per-attack keyword overrides, e.g. ``{"square": {"n_queries": 1000}}``.
         keep_adv: keep the adversarial inputs in ``result.x_adv``.
+        progress: called as ``progress(name, batch, n_batches)`` after every batch of every attack (``batch``
+            counts from 1 and ends at ``n_batches``); nothing is printed otherwise. If it also has a
+            ``start(name, n_points, n_batches, done)`` method, that is called as each attack starts (or resumes
+            after ``done`` batches) with the number of points it attacks, so a display can count points left.
     Returns:
         :class:`EvalResult`; ``per_attack[name]`` holds ``accuracy`` (own accuracy on the same points, with
         ``individual``), ``cumulative_accuracy`` (worst case after this attack), ``seconds`` and ``n`` (points
@@ -159,6 +163,7 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
         st = EvalState(saved.robust, saved.records, saved.attack, saved.batch, saved.todo, saved.own_fooled,
                        saved.x_adv if keep_adv and saved.x_adv is not None else st.x_adv)
     prior_seconds = sum(r["seconds"] for r in st.records.values())
+    start = getattr(progress, "start", None) if progress is not None else None
 
     for a_idx in range(st.attack, len(names)):
         name = names[a_idx]
@@ -168,6 +173,9 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
             st.batch, st.own_fooled = 0, 0
             st.records[name] = {"seconds": 0.0, "n": int(st.todo.numel())}
         record = st.records[name]
+        if start is not None:
+            n_points = int(st.todo.numel())
+            start(name, n_points, (n_points + batch_size - 1) // batch_size, st.batch)
         t0 = time.perf_counter()
         for b, n_batches, idx, xb in attack_batches(model, fn, x, y, threat, batch_size=batch_size, seed=seed,
                                                     stream=a_idx, index=st.todo, start=st.batch, name=name):

@@ -130,6 +130,173 @@ def _out(check, path: Path, *args):
         fail(str(e))
 
 
+# ---------------------------------------------------------------------------------------------- threads
+from .train_cli import THREADS_HELP, check_threads, model_hint  # noqa: E402
+
+ThreadsOpt = Annotated[str, typer.Option("--threads", envvar="ARMOR_THREADS", callback=check_threads,
+                                         help=THREADS_HELP)]
+
+
+def _threads(threads: str, model, display: "_Display", batch: Optional[int] = None) -> None:
+    """Apply ``--threads`` for ``model`` on ``batch`` points per call (see :mod:`armor.threads`) and say what was
+    chosen."""
+    from ..threads import use_threads
+
+    display.line(use_threads(threads, model, batch=batch).choice.describe())
+
+
+# ---------------------------------------------------------------------------------------------- progress
+def _hms(seconds: float) -> str:
+    seconds = int(round(max(seconds, 0)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class _Display:
+    """Progress on stderr: live rich bars on a terminal, a few plain lines otherwise (at most one per attack
+    and per 30 s), nothing when quiet. Bars count points through an attack's batches, with the points left
+    and an estimate of the time remaining (from the points per second so far in this attack)."""
+
+    LOG_EVERY = 30.0
+
+    def __init__(self, quiet: bool = False, console: Console = err) -> None:
+        self.quiet, self.console = quiet, console
+        self.live = not quiet and console.is_terminal
+        self._p = None
+        self._bars: dict[str, dict] = {}
+        self._stage = None
+
+    def __enter__(self) -> "_Display":
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._p = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24),
+                               TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=self.console)
+            self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)
+            self._p = None
+
+    def line(self, text: str) -> None:
+        """A dim line of information above the bars."""
+        if not self.quiet:
+            (self._p.console if self._p is not None else self.console).print(escape(text), style="dim",
+                                                                              highlight=False)
+
+    def stage(self, name: str, index: int, total: int) -> None:
+        """A stage of ``total`` starts; the previous one is marked done with its time."""
+        import time
+
+        self._end_stage()
+        label = f"[{index}/{total}] {name}"
+        if self._p is not None:
+            task = self._p.add_task(f"[bold]{escape(label)}[/]", total=None, detail="")
+            self._stage = (task, time.perf_counter())
+        elif not self.quiet:
+            self.console.print(escape(f"{label}..."), style="dim", highlight=False)
+
+    def _end_stage(self) -> None:
+        import time
+
+        if self._stage is not None and self._p is not None:
+            task, t0 = self._stage
+            self._p.update(task, total=1, completed=1, detail=f"done in {time.perf_counter() - t0:.1f} s")
+        self._stage = None
+
+    def start_points(self, key: str, label: str, n_points: int, n_batches: int, done: int, batch_size: int,
+                     unit: str = "points") -> None:
+        """A bar over ``n_points`` points in ``n_batches`` batches, ``done`` of which ran before (a resume);
+        ``unit``: what is counted (points; anything else is counted in steps of one, without batches)."""
+        import time
+
+        now = time.perf_counter()
+        first = min(done * batch_size, n_points)
+        bar = {"label": label, "n": n_points, "batches": n_batches, "bs": batch_size, "t0": now, "first": first,
+               "logged": now, "unit": unit}
+        if self._p is not None:
+            bar["task"] = self._p.add_task(f"  {escape(label)}", total=max(n_points, 1),
+                                           completed=first if n_points else 1,
+                                           detail=escape(self._detail(bar, done, now)))
+        elif not self.quiet:
+            what = (f"{n_points:,} points in {n_batches} batch{'es' if n_batches != 1 else ''}"
+                    if unit == "points" else f"{n_points} {unit}")
+            self.console.print(escape(f"  {label}: {what}" + (f" (resuming after batch {done})" if done else "")),
+                               highlight=False)
+        self._bars[key] = bar
+        if n_batches == 0 or done >= n_batches:
+            self.end_points(key)
+
+    def _detail(self, bar: dict, batch: int, now: float) -> str:
+        done = min(batch * bar["bs"], bar["n"])
+        left = bar["n"] - done
+        text = (f"batch {batch}/{bar['batches']}, " if bar["unit"] == "points" else "") + \
+            f"{done:,}/{bar['n']:,} {bar['unit']}, {left:,} left"
+        ran, spent = done - bar["first"], now - bar["t0"]
+        if left and ran > 0 and spent > 0:
+            text += f", ETA {_hms(left * spent / ran)}"
+        return text
+
+    def advance_points(self, key: str, batch: int) -> None:
+        """Batch ``batch`` (from 1) of the bar ``key`` is done."""
+        import time
+
+        bar = self._bars.get(key)
+        if bar is None:
+            return
+        now = time.perf_counter()
+        detail = self._detail(bar, batch, now)
+        if self._p is not None:
+            self._p.update(bar["task"], completed=min(batch * bar["bs"], bar["n"]), detail=escape(detail))
+        elif not self.quiet and now - bar["logged"] >= self.LOG_EVERY and batch < bar["batches"]:
+            self.console.print(escape(f"  {bar['label']}: {detail}"), highlight=False)
+            bar["logged"] = now
+        if batch >= bar["batches"]:
+            self.end_points(key)
+
+    def end_points(self, key: str) -> None:
+        import time
+
+        bar = self._bars.pop(key, None)
+        if bar is None:
+            return
+        took = time.perf_counter() - bar["t0"]
+        if self._p is not None:
+            self._p.update(bar["task"], completed=max(bar["n"], 1),
+                           detail=escape(f"{bar['n']:,} {bar['unit']}, done in {took:.1f} s"))
+        elif not self.quiet:
+            self.console.print(escape(f"  {bar['label']}: done in {took:.1f} s"), highlight=False)
+
+    def close(self) -> None:
+        self._end_stage()
+
+
+def _eval_progress(display: _Display, batch_size: int):
+    """The :class:`~armor.app.measure.MeasureProgress` that drives ``display`` for `armor evaluate`."""
+    from .measure import MeasureProgress
+
+    class EvalProgress(MeasureProgress):
+        def stage(self, name: str, index: int, total: int) -> None:
+            display.stage(name, index, total)
+
+        def attack_start(self, name: str, n_points: int, n_batches: int, done: int) -> None:
+            display.start_points("attack", name, n_points, n_batches, done, batch_size)
+
+        def attack_batch(self, name: str, batch: int, n_batches: int) -> None:
+            display.advance_points("attack", batch)
+
+        def curve_point(self, eps: float, index: int, total: int) -> None:
+            if index == 1:
+                display.start_points("curve", "curve", total, total, 0, 1, unit="eps budgets")
+            display.advance_points("curve", index)
+
+        def info(self, message: str) -> None:
+            display.line(message)
+
+    return EvalProgress()
+
+
 @app.command()
 def attack(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `armor train`.")],
@@ -142,6 +309,9 @@ def attack(
     n: Annotated[Optional[int], typer.Option(help="Attack only the first N points.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the attack's generator.")] = 0,
     out: Annotated[Path, typer.Option(help="Output .npz with x, y, x_adv, pred_clean, pred_adv.")] = Path("adv.npz"),
+    batch_size: Annotated[int, typer.Option(help="Points per attack call.")] = 500,
+    threads: ThreadsOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
 ) -> None:
     """Generate adversarial examples for a trained model and save them as .npz for other tools."""
     import io
@@ -155,18 +325,27 @@ def attack(
     from .rundir import writable_file
 
     _check_n(n)
+    if batch_size < 1:
+        fail(f"--batch-size must be a positive number of points, got {batch_size}")
     _out(writable_file, out, "adversarial examples", "adv.npz")
     run = _run(run_dir)
-    try:
-        model = run.model()
-        ds = run.dataset(split, dataset, str(data_dir) if data_dir else None)
-        ds = ds if n is None else ds.subset(n)
-        threat = run.threat(norm.value if norm else None, eps)
-        x_adv = attack_dataset(model, get_attack(attack_name), ds.x, ds.y, threat, seed=seed, name=attack_name)
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    pred_clean = predict_logits(model, ds.x).argmax(1).cpu()
-    pred_adv = predict_logits(model, x_adv).argmax(1).cpu()
+    with _Display(quiet) as display:
+        try:
+            model = run.model()
+            ds = run.dataset(split, dataset, str(data_dir) if data_dir else None)
+            ds = ds if n is None else ds.subset(n)
+            threat = run.threat(norm.value if norm else None, eps)
+            attack_fn = get_attack(attack_name)
+            _threads(threads, model, display, batch=min(len(ds), batch_size))
+            n_batches = (len(ds) + batch_size - 1) // batch_size
+            display.start_points("attack", attack_name, len(ds), n_batches, 0, batch_size)
+            x_adv = attack_dataset(model, attack_fn, ds.x, ds.y, threat, batch_size=batch_size, seed=seed,
+                                   name=attack_name,
+                                   progress=lambda done, total: display.advance_points("attack", done))
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+    pred_clean = predict_logits(model, ds.x, batch_size).argmax(1).cpu()
+    pred_adv = predict_logits(model, x_adv, batch_size).argmax(1).cpu()
     buf = io.BytesIO()
     np.savez_compressed(buf, x=ds.x.numpy(), y=ds.y.numpy(), x_adv=x_adv.numpy(), pred_clean=pred_clean.numpy(),
                         pred_adv=pred_adv.numpy())
@@ -192,6 +371,8 @@ def evaluate(
     extras: Annotated[bool, typer.Option(help="Also measure the curve, calibration, shift, saliency and masking checks.")] = True,
     out: Annotated[Optional[Path], typer.Option(help="Directory for results.json (default RUN_DIR/eval).")] = None,
     resume: Annotated[bool, typer.Option(help="Checkpoint the worst-case evaluation in OUT (one state per model, data, threat and seed) and resume a killed run from it.")] = True,
+    threads: ThreadsOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
 ) -> None:
     """Worst-case robust accuracy over an attack ensemble, plus curve, calibration, shift and masking checks.
 
@@ -213,17 +394,21 @@ def evaluate(
         if not grid:
             fail("--eps-grid is empty")
     _check_n(n)
+    if batch_size < 1:
+        fail(f"--batch-size must be a positive number of points, got {batch_size}")
     out = _out(writable_dir, out or run_dir / "eval", "evaluation")
     _run(run_dir)
-    try:
-        entry, art = measure_run(run_dir, norm=norm.value if norm else None, eps=eps, dataset=dataset,
-                                 data_dir=str(data_dir) if data_dir else None, n=n, suite=suite, eps_grid=grid,
-                                 batch_size=batch_size, seed=seed, calibration=extras, shift=extras,
-                                 interpret=extras, masking=extras,
-                                 state_path=out if resume else None,
-                                 progress=lambda msg: err.print(escape(f"{msg}..."), style="dim"))
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
+    with _Display(quiet) as display:
+        try:
+            entry, art = measure_run(run_dir, norm=norm.value if norm else None, eps=eps, dataset=dataset,
+                                     data_dir=str(data_dir) if data_dir else None, n=n, suite=suite, eps_grid=grid,
+                                     batch_size=batch_size, seed=seed, calibration=extras, shift=extras,
+                                     interpret=extras, masking=extras,
+                                     state_path=out if resume else None, threads=threads,
+                                     progress=_eval_progress(display, batch_size))
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+        display.close()
     add_cost({entry["name"]: entry})
     atomic_write_json(out / "results.json", stamp(entry))
     if art:
@@ -341,6 +526,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output directory for runs, results.json and report.html.")] = Path("runs/demo"),
     seed: Annotated[int, typer.Option(help="Seed for training and attacks.")] = 0,
     quiet: Annotated[bool, typer.Option(help="No training progress bars.")] = False,
+    threads: ThreadsOpt = "auto",
 ) -> None:
     """Train a standard and adversarially trained models, measure them, and write report.html + results.json."""
     import time
@@ -354,6 +540,9 @@ def demo(
 
     _out(writable_dir, out, "demo output")
     t0 = time.perf_counter()
+    from ..threads import AUTO
+
+    _threads(threads, model_hint(dataset) if threads == AUTO else None, _Display(quiet))
     try:
         results = demos[dataset](out, seed=seed, quiet=quiet, say=lambda m: err.print(escape(m), style="cyan"))
     except (FileNotFoundError, ValueError) as e:

@@ -200,15 +200,17 @@ def measure_run(run_dir: Any, *, norm: Optional[str] = None, eps: Optional[float
     """:func:`measure` for a run directory: its model, its dataset's test split, its threat model by default,
     the suite and measurements its dataset's domain asks for.
 
-    ``threads``: a thread count or ``"auto"`` (:func:`armor.threads.use_threads` for the run's model) for the
-    duration of the call; ``None`` leaves torch's thread count alone. The choice goes to ``progress.info``.
+    ``threads``: a thread count or ``"auto"`` (:func:`armor.threads.use_threads` for the run's model and the
+    points per attack call) for the duration of the call; ``None`` leaves torch's thread count alone. The choice
+    goes to ``progress.info``.
     """
     run = RunDir(run_dir)
     model = run.model()
     test = run.dataset("test", dataset, data_dir)
     threat = run.threat(norm, eps)
     name = dataset or run.dataset_name
-    setting = use_threads(threads, model) if threads is not None else contextlib.nullcontext()
+    per_call = min(len(test) if n is None else min(n, len(test)), kwargs.get("batch_size", 500))
+    setting = use_threads(threads, model, batch=per_call) if threads is not None else contextlib.nullcontext()
     with setting:
         if isinstance(setting, use_threads) and isinstance(progress, MeasureProgress):
             progress.info(setting.choice.describe())

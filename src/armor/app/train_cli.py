@@ -5,20 +5,51 @@ The CLI calls :func:`build_typer_command` on the main app. This module also runs
 """
 
 import inspect
+import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 from .config import (FIELD_TYPES, FIELDS, RUNTIME_KEYS, TrainConfig, read_config_file, recipe_options,
                      resolve_config)
 
 
-def train_command(*, config: Optional[Path] = None, resume: Optional[Path] = None, **options: Any) -> Path:
+def model_hint(dataset: Optional[str], model: Optional[str] = None, data_dir: Optional[str] = None) -> Any:
+    """The architecture ``armor train`` would build for ``dataset`` (``model``, or the dataset's default), with
+    untrained weights, built from the dataset's test split: what the ``auto`` thread policy sizes a command by
+    before the real model exists. ``None`` if that fails (the command itself then reports why)."""
+    if not dataset:
+        return None
+    try:
+        from ..data import dataset_spec, load_dataset
+        from ..models import build_model, model_spec
+
+        ds = load_dataset(dataset, "test", data_dir=data_dir)
+        return build_model(model_spec(model or dataset_spec(dataset).default_model, ds))
+    except Exception:  # a missing file or a bad option: the training run reports it properly
+        return None
+
+
+def _use_threads(threads: Any, cfg: TrainConfig, report: Optional[Callable[[str], None]]) -> None:
+    from ..threads import AUTO, parse_threads, use_threads
+
+    value = parse_threads(threads)
+    model = model_hint(cfg.dataset, cfg.model, cfg.data_dir) if value == AUTO else None
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    chosen = use_threads(value, model, batch=max(1, cfg.batch_size // world))  # this process's share of a batch
+    if report is not None:
+        report(chosen.choice.describe())
+
+
+def train_command(*, config: Optional[Path] = None, resume: Optional[Path] = None, threads: Any = None,
+                  report: Optional[Callable[[str], None]] = None, **options: Any) -> Path:
     """Train (or resume) a run and return its directory.
 
     Arguments:
         config: a TOML (or JSON) file of options; explicit ``options`` override it.
         resume: a run directory to continue. Its ``config.toml`` is the base configuration; options given
             here must agree with it (only ``quiet``, ``checkpoint_every`` and ``device`` may change).
+        threads: torch's thread count for the run: a positive int or ``"auto"`` (:mod:`armor.threads`, sized by
+            the architecture the configuration builds); ``None`` leaves it alone. ``report`` hears the choice.
         options: any :class:`armor.app.config.TrainConfig` field (``None`` = not given).
     Returns:
         The run directory.
@@ -26,6 +57,10 @@ def train_command(*, config: Optional[Path] = None, resume: Optional[Path] = Non
     from ..training.checkpoint import CONFIG
     from .config import train
 
+    if threads is not None:
+        from ..threads import parse_threads
+
+        parse_threads(threads)  # a bad value fails before anything is read
     unknown = sorted(set(options) - set(FIELDS))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown}; valid options: {', '.join(FIELDS)}")
@@ -45,12 +80,16 @@ def train_command(*, config: Optional[Path] = None, resume: Optional[Path] = Non
             raise ValueError(f"cannot resume {resume} with a different configuration ({'; '.join(diffs)}); "
                              f"drop those options, or start a new run with another --out")
         requested.out = str(resume)
+        if threads is not None:
+            _use_threads(threads, requested, report)
         train(requested, resume=True)
         return resume
     cfg = resolve_config(options, config)
     if cfg.out is None:
         raise ValueError("pass --out DIR (or `out` in the config file): the run directory for weights, "
                          "metrics and checkpoints")
+    if threads is not None:
+        _use_threads(threads, cfg, report)
     train(cfg)
     return Path(cfg.out)
 
@@ -125,7 +164,33 @@ def option_parameters() -> list[inspect.Parameter]:
         Optional[Path], typer.Option(help="TOML file with any of these options (explicit options win).")]))
     out.append(inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         Optional[Path], typer.Option(help="Resume the run in this directory (killed runs continue bit-exactly).")]))
+    out.append(threads_parameter())
     return out
+
+
+THREADS_HELP = ("CPU threads for torch: a positive number, or auto (one thread for small models, which lose "
+                "time at every operation's barrier; for large ones, one per CPU that other processes leave idle; "
+                "see armor.threads).")
+
+
+def check_threads(value: Optional[str]) -> str:
+    """typer callback of ``--threads``: ``auto`` or a positive integer, else a usage error naming both."""
+    import typer
+
+    from ..threads import parse_threads
+
+    try:
+        return str(parse_threads(value))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def threads_parameter() -> inspect.Parameter:
+    """``--threads N|auto`` (default auto, or $ARMOR_THREADS), the same on every compute command."""
+    import typer
+
+    return inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=Annotated[
+        str, typer.Option("--threads", envvar="ARMOR_THREADS", callback=check_threads, help=THREADS_HELP)])
 
 
 def build_typer_command(app: Any) -> None:
@@ -136,23 +201,26 @@ def build_typer_command(app: Any) -> None:
     def train(**kwargs: Any) -> None:
         """Adversarially train a model; writes weights (safetensors), metadata, config and metrics to --out."""
         config, resume = kwargs.pop("config", None), kwargs.pop("resume", None)
+        threads = kwargs.pop("threads", "auto")
         from rich.console import Console
+        from rich.markup import escape
 
         from ..training import CheckpointError, NonFiniteLossError
 
         err = Console(stderr=True)
+        quiet = bool(kwargs.get("quiet"))
+        report = None if quiet or int(os.environ.get("RANK", "0")) != 0 else (
+            lambda line: err.print(escape(line), style="dim", highlight=False))
         try:
-            run_dir = train_command(config=config, resume=resume, **kwargs)
+            run_dir = train_command(config=config, resume=resume, threads=threads, report=report, **kwargs)
         except NonFiniteLossError as e:
-            err.print(f"[bold red]error:[/] {e}")
+            err.print(f"[bold red]error:[/] {escape(str(e))}")
             raise typer.Exit(1)
         except (ValueError, FileNotFoundError, CheckpointError) as e:
-            err.print(f"[bold red]error:[/] {e}")
+            err.print(f"[bold red]error:[/] {escape(str(e))}")
             raise typer.Exit(2)
-        import os
-
         if int(os.environ.get("RANK", "0")) == 0:
-            Console().print(f"wrote {run_dir}")
+            Console().print(escape(f"wrote {run_dir}"))
 
     train.__signature__ = inspect.Signature(option_parameters())  # type: ignore[attr-defined]
     app.command("train")(train)

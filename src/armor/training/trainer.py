@@ -624,7 +624,8 @@ class Trainer:
         Returns the status (``"finished"`` or ``"early_stopped"``) and the best weights; a non-finite loss or
         weight ends the run with :meth:`_diverged`.
         """
-        progress = _Progress(enabled=not self.quiet and self._dist.rank == 0)
+        progress = _Progress(enabled=not self.quiet and self._dist.rank == 0, recipe=self.recipe.name,
+                             val_steps=(self.val_steps if self.threat is not None else 0) if len(self.val_y) else None)
         epoch, batch = start_epoch, start_batch  # where the run is, for the divergence message
         try:
             with progress:
@@ -758,22 +759,48 @@ class Trainer:
 
 # ---------------------------------------------------------------------------------------------- progress bar
 class _Progress:
-    """A rich progress bar (epoch, loss, clean/robust accuracy, images/s); a no-op when disabled."""
+    """The training display on stderr (a no-op when disabled): a legend saying what every column means, then per
+    epoch a bar with labelled columns (batches done, the epoch's running training loss, clean and robust accuracy
+    on the training batches, images per second, time elapsed and left in the epoch), and one line per finished
+    epoch with its validation figures."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, recipe: str = "", val_steps: Optional[int] = None) -> None:
         self.enabled = enabled
+        self.recipe, self.val_steps = recipe, val_steps
         self._p = None
+        self._console: Any = None
+
+    def legend(self) -> str:
+        from rich.markup import escape
+
+        val = ("no validation split" if self.val_steps is None else
+               "validation on the held-out split: clean accuracy" + (
+                   f" and robust accuracy under PGD-{self.val_steps}" if self.val_steps else ""))
+        return (f"[dim]training{' ' + escape(self.recipe) if self.recipe else ''}. Columns: batches done/total in "
+                "the epoch; loss = mean training loss so far this epoch; clean acc / robust acc = accuracy on this "
+                "epoch's training batches, on the clean inputs / on the recipe's adversarial inputs (- when the "
+                "recipe does not compute it); img/s = training images per second; time elapsed and time left "
+                f"in the epoch (estimated). After each epoch: {val}.[/]")
 
     def __enter__(self) -> "_Progress":
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._p = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("loss {task.fields[loss]}"), TextColumn("clean {task.fields[clean]}"),
-                               TextColumn("robust {task.fields[robust]}"), TextColumn("{task.fields[ips]} img/s"),
-                               TimeElapsedColumn(), console=Console(stderr=True))
-            self._p.__enter__()
+            self._console = Console(stderr=True)
+            if self._console.is_terminal:  # elsewhere (a log file) only the per-epoch lines
+                from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+                self._console.print(self.legend())
+                self._p = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(bar_width=12),
+                                   TextColumn("batch {task.completed}/{task.total}"),
+                                   TextColumn("loss {task.fields[loss]}"),
+                                   TextColumn("clean acc {task.fields[clean]}"),
+                                   TextColumn("robust acc {task.fields[robust]}"),
+                                   TextColumn("{task.fields[ips]} img/s"), TimeElapsedColumn(),
+                                   TextColumn("elapsed"), TimeRemainingColumn(), TextColumn("left"),
+                                   console=self._console,
+                                   speed_estimate_period=3600)  # slow batches still get an estimate
+                self._p.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -796,9 +823,11 @@ class _Progress:
                        ips=f"{ips:,.0f}")
 
     def epoch_done(self, r: dict[str, Any]) -> None:
-        if self._p is None:
+        if self._console is None:
             return
         f = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
-        self._p.console.print(f"epoch {r['epoch']}: loss {r['loss']:.4f}, val clean {f(r.get('val_clean_acc'))}, "
-                              f"val robust {f(r.get('val_robust_acc'))}, {r['seconds']:.1f}s, "
-                              f"{r['pass_ratio']:.2f}x passes" + (" (best)" if r["best"] else ""))
+        val = "" if self.val_steps is None else f", val clean acc {f(r.get('val_clean_acc'))}" + (
+            f", val robust acc (PGD-{self.val_steps}) {f(r.get('val_robust_acc'))}" if self.val_steps else "")
+        self._console.print(f"epoch {r['epoch']} done: train loss {r['loss']:.4f}{val}, {r['seconds']:.1f} s, "
+                              f"{r['pass_ratio']:.2f}x the forward+backward passes of standard training"
+                              + (" [bold](best so far)[/]" if r["best"] else ""), highlight=False)
