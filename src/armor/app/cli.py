@@ -365,7 +365,7 @@ def evaluate(
     eps_grid: Annotated[Optional[str], typer.Option(help="Comma-separated eps values for the accuracy-vs-eps curve (default: 0 to 2x eps).")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset; defaults to the run's.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Directory (or file) holding the dataset.")] = None,
-    n: Annotated[Optional[int], typer.Option(help="Evaluate the first N test points.")] = 1000,
+    n: Annotated[Optional[int], typer.Option(help="Evaluate the first N test points (agents: N episodes, default 10).")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Points per attack call.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed for the attacks.")] = 0,
     extras: Annotated[bool, typer.Option(help="Also measure the curve, calibration, shift, saliency and masking checks.")] = True,
@@ -397,7 +397,11 @@ def evaluate(
     if batch_size < 1:
         fail(f"--batch-size must be a positive number of points, got {batch_size}")
     out = _out(writable_dir, out or run_dir / "eval", "evaluation")
-    _run(run_dir)
+    run = _run(run_dir)
+    if run.metadata.get("domain") is not None:  # a workflow domain's run (agents: episodes and returns)
+        _evaluate_workflow(run, out, {"eps": eps, "norm": norm.value if norm else None, "n": n if n != 1000 else None,
+                                      "seed": seed, "suite": suite, "eps_grid": grid, "curve": extras}, quiet)
+        return
     with _Display(quiet) as display:
         try:
             entry, art = measure_run(run_dir, norm=norm.value if norm else None, eps=eps, dataset=dataset,
@@ -416,6 +420,38 @@ def evaluate(
     _print_eval(entry)
     for f in entry.get("masking_flags", []):
         err.print(f"[bold yellow]masking flag[/] {escape(f['name'])}: {escape(f['message'])}")
+    console.print(escape(f"wrote {out / 'results.json'}"))
+
+
+def _evaluate_workflow(run, out: Path, options: dict, quiet: bool) -> None:
+    from ..plugins import workflow_of
+    from ..utils import atomic_write_json
+    from .results import stamp, threat_label
+    from .rundir import save_artifacts
+
+    domain = run.metadata["domain"]
+    workflow = workflow_of(domain)
+    if workflow is None:
+        fail(f"{run.path} was trained by the {domain!r} domain, which is not installed here (pip install "
+             f"'armor[{domain}]')")
+    say = None if quiet else (lambda msg: err.print(escape(f"{msg}..."), style="dim"))
+    try:
+        entry, art = workflow.evaluate(run.path, options, progress=say)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    atomic_write_json(out / "results.json", stamp(entry))
+    if art:
+        save_artifacts(out / "artifacts.npz", {entry["name"]: art})
+    table = Table(title=escape(f"{domain}: {entry.get('env', '')}, {entry['n']} episodes, {threat_label(entry)}"))
+    for col in ("", "median return", "IQR"):
+        table.add_column(col, justify="left" if not col else "right")
+    rows = [("clean", entry.get("clean") or {})] + list((entry.get("per_attack") or {}).items()) + \
+        [("worst case", entry.get("worst") or {})]
+    for name, st in rows:
+        iqr = st.get("iqr") or [None, None]
+        table.add_row(escape(name), f"{st.get('median', float('nan')):.1f}",
+                      "-" if iqr[0] is None else escape(f"[{iqr[0]:.1f}, {iqr[1]:.1f}]"))
+    console.print(table)
     console.print(escape(f"wrote {out / 'results.json'}"))
 
 
@@ -446,6 +482,7 @@ def check(
     model: Annotated[Optional[str], typer.Option(help="Which model of a multi-model results file to gate (default: the hardened one).")] = None,
     norm: Annotated[Optional[NormOpt], typer.Option(help="Fail unless the results were measured under this norm.")] = None,
     eps: Annotated[Optional[float], typer.Option(help="Fail unless the results were measured at this eps (in the dataset's eps unit).")] = None,
+    min_robust_return: Annotated[Optional[float], typer.Option(help="Agents: fail below this median worst-case return.")] = None,
 ) -> None:
     """CI gate: exit 1, naming model, threat, figure and bound, when a figure misses its bound; exit 2 when the
     results cannot be trusted (damaged, NaN, out of range) or the gate is misconfigured."""
@@ -453,8 +490,10 @@ def check(
 
     from .results import check as run_check, load_results
 
-    if min_robust_accuracy is None and max_clean_drop is None:
-        fail("nothing to check: pass --min-robust-accuracy and/or --max-clean-drop")
+    if min_robust_accuracy is None and max_clean_drop is None and min_robust_return is None:
+        fail("nothing to check: pass --min-robust-accuracy, --max-clean-drop or (agents) --min-robust-return")
+    if min_robust_return is not None and not math.isfinite(min_robust_return):
+        fail(f"--min-robust-return must be a finite number, got {min_robust_return}")
     for v, flag in ((min_robust_accuracy, "--min-robust-accuracy"), (max_clean_drop, "--max-clean-drop")):
         if v is not None and not (math.isfinite(v) and 0 <= v <= 1):
             fail(f"{flag} must be a fraction in [0, 1], got {v}")
@@ -465,7 +504,8 @@ def check(
         data = load_results(results)
         base = load_results(baseline) if baseline else None
         failures = run_check(data, min_robust_accuracy, max_clean_drop, base, model,
-                             norm=norm.value if norm else None, eps=eps, passes=passes)
+                             norm=norm.value if norm else None, eps=eps, passes=passes,
+                             floors={} if min_robust_return is None else {"robust_return": min_robust_return})
     except ValueError as e:
         fail(str(e))
     for line in passes:
@@ -553,6 +593,21 @@ def demo(
 
 def _print_demo(results: dict) -> None:
     models = results["models"]
+    if any(m.get("domain") for m in models.values()):  # a workflow domain's demo (agents): returns
+        from .results import threat_label
+
+        first = next(iter(models.values()))
+        attacks = list(first.get("per_attack") or {})
+        table = Table(title=escape(f"armor demo: {first.get('domain')} on {results.get('dataset')}, "
+                                   f"{threat_label(first)}, {first.get('n')} episodes (median return)"))
+        for col in ["model", "clean", "worst case", *attacks, "env steps", "train s"]:
+            table.add_column(escape(col), justify="left" if col == "model" else "right")
+        for name, m in models.items():
+            table.add_row(escape(name), f"{m['clean_return']:.1f}", f"{m['robust_return']:.1f}",
+                          *[f"{(m.get('per_attack') or {}).get(a, {}).get('median', float('nan')):.1f}" for a in attacks],
+                          str(m.get("env_steps") or "-"), f"{m.get('train_seconds') or 0:.1f}")
+        console.print(table)
+        return
     from .results import threat_label
 
     table = Table(title=escape(f"armor demo on {results.get('dataset')}, threat model "

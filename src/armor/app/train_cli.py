@@ -160,6 +160,14 @@ def option_parameters() -> list[inspect.Parameter]:
             info = typer.Option(*decls, help=escape(text), show_default=False)
         out.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None,
                                      annotation=Annotated[Optional[kind], info]))
+    out.append(inspect.Parameter("domain", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[str], typer.Option(help=escape("Train with a domain's own workflow instead of a classifier on "
+                                                "--dataset, e.g. --domain agents --env CartPole-v1 (see `armor list "
+                                                "demos`); its options follow."))]))
+    for key, opt in workflow_options().items():
+        out.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[opt.type], typer.Option("--" + key.replace("_", "-"), help=escape(opt.help),
+                                             show_default=False)]))
     out.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         Optional[Path], typer.Option(help="TOML file with any of these options (explicit options win).")]))
     out.append(inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
@@ -171,6 +179,59 @@ def option_parameters() -> list[inspect.Parameter]:
 THREADS_HELP = ("CPU threads for torch: a positive number, or auto (one thread for small models, which lose "
                 "time at every operation's barrier; for large ones, one per CPU that other processes leave idle; "
                 "see armor.threads).")
+
+
+def workflow_options() -> dict[str, Any]:
+    """The options every installed workflow domain adds to `armor train` (those not already TrainConfig's)."""
+    from ..plugins import domains
+
+    out: dict[str, Any] = {}
+    for domain in domains().values():
+        if domain.workflow is not None:
+            out.update({k: v for k, v in domain.workflow.options.items() if k not in FIELDS and k not in out})
+    return out
+
+
+# What a workflow domain's training takes from the classifier options (the rest does not apply to it).
+WORKFLOW_SHARED = ("recipe", "eps", "norm", "seed", "out", "quiet", "steps", "step_size", "adv_ratio")
+
+
+def train_workflow(domain: Optional[str], options: dict[str, Any], resume: Optional[Path]) -> Optional[Path]:
+    """Dispatch `armor train` to a domain's workflow (``--domain``, or ``--resume`` of a run it wrote); ``None``
+    when this is a classifier run. Options that do not apply either way are errors naming them."""
+    import json
+
+    from ..plugins import workflow_of
+    from .rundir import writable_dir
+
+    extra = {k: options.pop(k) for k in list(options) if k in workflow_options()}
+    if domain is None and resume is not None and (Path(resume) / "metadata.json").exists():
+        try:
+            domain = json.loads((Path(resume) / "metadata.json").read_text()).get("domain")
+        except (OSError, ValueError):
+            domain = None
+    if domain is None:
+        given = sorted(k for k, v in extra.items() if v is not None)
+        if given:
+            raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)} belong to a domain workflow: "
+                             "add --domain (e.g. --domain agents)")
+        return None
+    workflow = workflow_of(domain)
+    if workflow is None:
+        raise ValueError(f"domain {domain!r} has no training workflow of its own: train its datasets with "
+                         "--dataset (see `armor list datasets`)")
+    given = {k: v for k, v in options.items() if v is not None}
+    foreign = sorted(set(given) - set(WORKFLOW_SHARED))
+    if foreign:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in foreign)} do not apply to --domain "
+                         f"{domain} (it takes {', '.join('--' + k.replace('_', '-') for k in WORKFLOW_SHARED)} "
+                         f"and its own options)")
+    out = Path(resume) if resume is not None else Path(given["out"]) if given.get("out") else None
+    if out is None:
+        raise ValueError("pass --out DIR: the run directory")
+    writable_dir(out, "run")
+    workflow.train({**given, **extra, "resume": resume is not None}, out, quiet=bool(given.get("quiet")))
+    return out
 
 
 def check_threads(value: Optional[str]) -> str:
@@ -211,8 +272,11 @@ def build_typer_command(app: Any) -> None:
         quiet = bool(kwargs.get("quiet"))
         report = None if quiet or int(os.environ.get("RANK", "0")) != 0 else (
             lambda line: err.print(escape(line), style="dim", highlight=False))
+        domain = kwargs.pop("domain", None)
         try:
-            run_dir = train_command(config=config, resume=resume, threads=threads, report=report, **kwargs)
+            run_dir = train_workflow(domain, kwargs, resume)
+            if run_dir is None:
+                run_dir = train_command(config=config, resume=resume, threads=threads, report=report, **kwargs)
         except NonFiniteLossError as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}")
             raise typer.Exit(1)
