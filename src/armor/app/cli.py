@@ -562,7 +562,8 @@ def report(
 
 @app.command()
 def demo(
-    dataset: Annotated[str, typer.Option(help="Which demo (see `armor list demos`): digits (~3 min on 2 cores), fashion-mnist (bigger), breast-cancer or fraud (tabular).")] = "digits",
+    dataset: Annotated[Optional[str], typer.Option(help="Which demo (see `armor list demos`): digits (the default, ~3 min on 2 cores), fashion-mnist (bigger), breast-cancer or fraud (tabular), or a domain's demo by name.")] = None,
+    domain: Annotated[Optional[str], typer.Option(help="A domain's demo instead (see `armor list demos`): a domain name runs its first demo (agents, tabular, ...), and a demo a domain names (driving) runs that one.")] = None,
     out: Annotated[Path, typer.Option(help="Output directory for runs, results.json and report.html.")] = Path("runs/demo"),
     seed: Annotated[int, typer.Option(help="Seed for training and attacks.")] = 0,
     quiet: Annotated[bool, typer.Option(help="No training progress bars.")] = False,
@@ -574,8 +575,7 @@ def demo(
     from ..plugins import contributions
 
     demos = contributions("demos")
-    if dataset not in demos:
-        fail(f"no demo called {dataset!r}: choose one of {', '.join(demos)} (see `armor list demos`)")
+    dataset = _demo_name(dataset, domain, demos)
     from .rundir import writable_dir
 
     _out(writable_dir, out, "demo output")
@@ -589,6 +589,27 @@ def demo(
         fail(str(e))
     _print_demo(results)
     console.print(escape(f"\nwrote {out / 'report.html'} and {out / 'results.json'} in {time.perf_counter() - t0:.0f} s"))
+
+
+def _demo_name(dataset: Optional[str], domain: Optional[str], demos: dict) -> str:
+    """The demo `armor demo --dataset/--domain` asks for: a demo by name, or a domain's first demo."""
+    if dataset is not None and domain is not None:
+        fail("give --dataset or --domain, not both: --domain runs a domain's demo, --dataset a demo by name")
+    if domain is not None:
+        from ..plugins import domains
+
+        found = domains().get(domain)
+        if found is not None and found.demos:
+            return next(iter(found.demos))
+        if domain in demos:
+            return domain
+        named = sorted(n for n, d in domains().items() if d.demos)
+        fail(f"no domain or demo called {domain!r}: choose a domain ({', '.join(named)}) or a demo "
+             f"({', '.join(demos)}); see `armor list demos`")
+    dataset = dataset or "digits"
+    if dataset not in demos:
+        fail(f"no demo called {dataset!r}: choose one of {', '.join(demos)} (see `armor list demos`)")
+    return dataset
 
 
 def _print_demo(results: dict) -> None:
