@@ -133,6 +133,9 @@ class Workflow:
         validate: ``validate(name, entry, where)`` raises ``ValueError`` for a damaged entry of this domain.
         gates: what `armor check --min-FIGURE` may gate on: gate name -> entry key of a figure where higher is
             better, e.g. ``{"robust-return": "robust_return"}``.
+        summary: ``summary(models) -> (title, columns, rows)``: the table `armor evaluate` and `armor demo` print
+            for ``{name: entry}`` of this domain (rows of strings, one per model); ``None``: a generic table of
+            the gated figures.
     """
 
     train: Callable[..., Any]
@@ -140,6 +143,7 @@ class Workflow:
     options: Mapping[str, Option] = field(default_factory=dict)
     validate: Optional[Callable[[str, dict, str], None]] = None
     gates: Mapping[str, str] = field(default_factory=dict)
+    summary: Optional[Callable[[dict], tuple[str, list[str], list[list[str]]]]] = None
 
 
 @dataclass(frozen=True)

@@ -426,7 +426,7 @@ def evaluate(
 def _evaluate_workflow(run, out: Path, options: dict, quiet: bool) -> None:
     from ..plugins import workflow_of
     from ..utils import atomic_write_json
-    from .results import stamp, threat_label
+    from .results import stamp
     from .rundir import save_artifacts
 
     domain = run.metadata["domain"]
@@ -442,17 +442,29 @@ def _evaluate_workflow(run, out: Path, options: dict, quiet: bool) -> None:
     atomic_write_json(out / "results.json", stamp(entry))
     if art:
         save_artifacts(out / "artifacts.npz", {entry["name"]: art})
-    table = Table(title=escape(f"{domain}: {entry.get('env', '')}, {entry['n']} episodes, {threat_label(entry)}"))
-    for col in ("", "median return", "IQR"):
-        table.add_column(col, justify="left" if not col else "right")
-    rows = [("clean", entry.get("clean") or {})] + list((entry.get("per_attack") or {}).items()) + \
-        [("worst case", entry.get("worst") or {})]
-    for name, st in rows:
-        iqr = st.get("iqr") or [None, None]
-        table.add_row(escape(name), f"{st.get('median', float('nan')):.1f}",
-                      "-" if iqr[0] is None else escape(f"[{iqr[0]:.1f}, {iqr[1]:.1f}]"))
-    console.print(table)
+    _print_workflow(workflow, {entry["name"]: entry})
     console.print(escape(f"wrote {out / 'results.json'}"))
+
+
+def _print_workflow(workflow, models: dict) -> None:
+    """The table of a workflow domain's entries: the domain's own summary, else its gated figures."""
+    if workflow.summary is not None:
+        title, columns, rows = workflow.summary(models)
+    else:
+        keys = list(workflow.gates.items())
+        title = f"{next(iter(models.values())).get('domain')}: {', '.join(models)}"
+        columns = ["model", *[g for g, _ in keys]]
+        rows = [[name, *[_fmt_figure(m.get(k)) for _, k in keys]] for name, m in models.items()]
+    table = Table(title=escape(title))
+    for i, col in enumerate(columns):
+        table.add_column(escape(col), justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*[escape(str(c)) for c in row])
+    console.print(table)
+
+
+def _fmt_figure(value) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
 def _print_eval(result: dict) -> None:
@@ -614,20 +626,11 @@ def _demo_name(dataset: Optional[str], domain: Optional[str], demos: dict) -> st
 
 def _print_demo(results: dict) -> None:
     models = results["models"]
-    if any(m.get("domain") for m in models.values()):  # a workflow domain's demo (agents): returns
-        from .results import threat_label
+    domain = next((m["domain"] for m in models.values() if m.get("domain")), None)
+    if domain is not None:  # a workflow domain's demo (agents, text, ...): its own table
+        from ..plugins import workflow_of
 
-        first = next(iter(models.values()))
-        attacks = list(first.get("per_attack") or {})
-        table = Table(title=escape(f"armor demo: {first.get('domain')} on {results.get('dataset')}, "
-                                   f"{threat_label(first)}, {first.get('n')} episodes (median return)"))
-        for col in ["model", "clean", "worst case", *attacks, "env steps", "train s"]:
-            table.add_column(escape(col), justify="left" if col == "model" else "right")
-        for name, m in models.items():
-            table.add_row(escape(name), f"{m['clean_return']:.1f}", f"{m['robust_return']:.1f}",
-                          *[f"{(m.get('per_attack') or {}).get(a, {}).get('median', float('nan')):.1f}" for a in attacks],
-                          str(m.get("env_steps") or "-"), f"{m.get('train_seconds') or 0:.1f}")
-        console.print(table)
+        _print_workflow(workflow_of(domain), models)
         return
     from .results import threat_label
 

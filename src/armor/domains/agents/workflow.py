@@ -138,5 +138,28 @@ def validate(name: str, entry: dict, where: str) -> None:
         raise ValueError(f"{at}: threat must be an object with norm and eps, got {spec!r:.80}")
 
 
+def summary(models: dict) -> tuple[str, list[str], list[list[str]]]:
+    """The table `armor evaluate` and `armor demo` print: median returns per agent, clean, worst case and per attack."""
+    from ...app.results import threat_label
+
+    first = next(iter(models.values()))
+    attacks: list[str] = []
+    for m in models.values():
+        attacks += [a for a in m.get("per_attack") or {} if a not in attacks]
+    title = (f"agents on {first.get('env')}, {threat_label(first)}, {first.get('n')} episodes "
+             f"(median return [interquartile range])")
+
+    def cell(stats: Optional[dict]) -> str:
+        if not stats or stats.get("median") is None:
+            return "-"
+        iqr = stats.get("iqr")
+        return f"{stats['median']:.1f}" + (f" [{iqr[0]:.0f}, {iqr[1]:.0f}]" if iqr else "")
+
+    rows = [[name, cell(m.get("clean")), cell(m.get("worst")),
+             *[cell((m.get("per_attack") or {}).get(a)) for a in attacks],
+             str(m.get("env_steps") or "-"), f"{m.get('train_seconds') or 0:.1f}"] for name, m in models.items()]
+    return title, ["agent", "clean", "worst case", *attacks, "env steps", "train s"], rows
+
+
 WORKFLOW = Workflow(train=train, evaluate=evaluate, options=OPTIONS, validate=validate,
-                    gates={"robust-return": "robust_return", "clean-return": "clean_return"})
+                    gates={"robust-return": "robust_return", "clean-return": "clean_return"}, summary=summary)
