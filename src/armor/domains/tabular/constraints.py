@@ -47,6 +47,17 @@ _CYCLES = 3  # passes of projections over all inequalities before falling back t
 _BISECT = 12  # bisection steps of the fallback: the kept move is within 1/4096 of the largest feasible one
 
 
+def _linear_rows(schema: Schema, relations: list, rhs: str) -> tuple[np.ndarray, np.ndarray]:
+    """The relations' linear terms as a matrix over the schema's features, and their right-hand sides."""
+    M = np.zeros((len(relations), schema.n_features))
+    v = np.zeros(len(relations))
+    for i, r in enumerate(relations):
+        for name, c in r.terms:
+            M[i, schema.index(name)] += c
+        v[i] = getattr(r, rhs)
+    return M, v
+
+
 class TabularConstraints:
     """The constraints of a fitted :class:`~armor.domains.tabular.Schema`, in the form a ThreatModel applies.
 
@@ -75,19 +86,9 @@ class TabularConstraints:
         eqs = [r for r in schema.relations if r.kind == "equality"]
         dep_idx = [schema.index(r.target) for r in eqs]
         self.dependent[dep_idx] = True
-        C = np.zeros((len(eqs), d))
-        const = np.zeros(len(eqs))
-        for e, r in enumerate(eqs):
-            for n, c in r.terms:
-                C[e, schema.index(n)] += c
-            const[e] = r.constant
+        C, const = _linear_rows(schema, eqs, "constant")
         ineqs = [r for r in schema.relations if r.kind == "inequality"]
-        A = np.zeros((len(ineqs), d))
-        b = np.zeros(len(ineqs))
-        for i, r in enumerate(ineqs):
-            for n, c in r.terms:
-                A[i, schema.index(n)] += c
-            b[i] = r.bound
+        A, b = _linear_rows(schema, ineqs, "bound")
         # Inequalities in the independent features: substitute t = t_clean + C (v - x_clean) for each dependent,
         # giving rows a . v <= b0 + w . x_clean. The dependents' bounds and monotone rules become rows too.
         E = np.zeros((len(eqs), d))
