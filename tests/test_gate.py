@@ -197,9 +197,12 @@ def test_a_demo_run_twice_reuses_its_finished_runs_and_never_replaces_another(tm
 
     cfg = dict(dataset="digits", model="mlp", recipe="standard", epochs=1, n_train=64, quiet=True,
                out=str(tmp_path / "standard"))
-    assert train_or_reuse(TrainConfig(**cfg)) == "trained"
+    said: list[str] = []
+    assert train_or_reuse(TrainConfig(**cfg), before=said.append) == "trained"
+    assert said == ["training"]  # announced before the work, never for a reused run
     weights = (tmp_path / "standard" / "best.safetensors").read_bytes()
-    assert train_or_reuse(TrainConfig(**cfg)) == "reused"
+    assert train_or_reuse(TrainConfig(**cfg), before=said.append) == "reused"
+    assert said == ["training"]
     assert (tmp_path / "standard" / "best.safetensors").read_bytes() == weights
     with pytest.raises(ValueError, match="another configuration.*epochs: 1 -> 2"):
         train_or_reuse(TrainConfig(**{**cfg, "epochs": 2}))
@@ -207,5 +210,6 @@ def test_a_demo_run_twice_reuses_its_finished_runs_and_never_replaces_another(tm
     meta = json.loads(meta_path.read_text())
     meta["status"] = "running"  # as if killed after its last checkpoint
     meta_path.write_text(json.dumps(meta))
-    assert train_or_reuse(TrainConfig(**cfg)) == "resumed"
+    assert train_or_reuse(TrainConfig(**cfg), before=said.append) == "resumed"
+    assert said == ["training", "resuming"]
     assert json.loads(meta_path.read_text())["status"] == "finished"

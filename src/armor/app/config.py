@@ -21,7 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 # Keys that say how to run, not what to train: they may differ between a run and its resume.
 RUNTIME_KEYS = ("out", "resume", "quiet", "config", "checkpoint_every", "device")
@@ -309,17 +309,26 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def train_or_reuse(config: TrainConfig) -> str:
+def train_or_reuse(config: TrainConfig, before: Optional[Callable[[str], None]] = None) -> str:
     """Train into ``config.out``, unless it already holds this very run: a finished one is reused, a killed one
     resumed (what a demo run twice needs). A run there with another configuration is an error, never replaced.
+
+    Arguments:
+        before: called with ``"training"`` or ``"resuming"`` just before that work starts (not when reused),
+            e.g. to announce it.
 
     Returns:
         ``"trained"``, ``"reused"`` or ``"resumed"``.
     """
     from ..training.checkpoint import CONFIG, STATE, WEIGHTS, load_metadata
 
+    def announce(what: str) -> None:
+        if before is not None:
+            before(what)
+
     out = Path(config.out)
     if not (out / CONFIG).exists():
+        announce("training")
         train(config)
         return "trained"
     saved = TrainConfig(**read_config_file(out / CONFIG)).to_dict()
@@ -332,7 +341,9 @@ def train_or_reuse(config: TrainConfig) -> str:
     if status in ("finished", "early_stopped") and (out / WEIGHTS["best"]).exists():
         return "reused"
     if (out / STATE).exists():
+        announce("resuming")
         train(config, resume=True)
         return "resumed"
+    announce("training")
     train(config)
     return "trained"

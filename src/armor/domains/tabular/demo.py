@@ -46,12 +46,13 @@ def run_tabular_demo(dataset: str = "breast-cancer", out: Path | str = "runs/dem
             "labelled imbalanced set with realistic constraints (see `armor list datasets`).")
     models: dict[str, dict[str, Any]] = {}
     for name, recipe in RECIPES:
-        say(f"[{name}] training ({recipe}, {DEMOS[dataset]['epochs']} epochs on {dataset}, eps {eps} std)")
         how = train_or_reuse(TrainConfig(dataset=dataset, recipe=recipe, eps=eps, epochs=DEMOS[dataset]["epochs"],
                                          batch_size=64, optimizer="adam", seed=seed, out=str(out / name),
-                                         quiet=quiet))
-        if how != "trained":
-            say(f"[{name}] {how} the run already in {out / name} (same configuration)")
+                                         quiet=quiet),
+                             before=lambda what: say(f"[{name}] {what} ({recipe}, {DEMOS[dataset]['epochs']} "
+                                                     f"epochs on {dataset}, eps {eps} std)"))
+        if how == "reused":
+            say(f"[{name}] reused the finished run already in {out / name} (same configuration)")
         run = RunDir(out / name)
         say(f"[{name}] measuring: constrained worst case, calibration, masking checks, recall under attack")
         entry, _ = measure(run.model(), test, threat, suite="tabular", measurements=measurements_for(dataset), n=None,

@@ -74,13 +74,13 @@ def run_demo(dataset: str = "digits", out: Path | str = "runs/demo", *, seed: in
     artifacts: dict[str, dict[str, Any]] = {}
     loaded: dict[str, torch.nn.Module] = {}
     for name, recipe, params in RECIPES:
-        say(f"[{name}] training ({recipe}, {p.epochs} epochs on {p.dataset})")
         cfg = TrainConfig(dataset=p.dataset, model=p.model, recipe=recipe, eps=p.eps, epochs=p.epochs,
                           batch_size=p.batch_size, lr=p.lr, n_train=p.n_train, seed=seed, out=str(out / name),
                           quiet=quiet, **{k: v for k, v in params.items()})
-        how = train_or_reuse(cfg)
-        if how != "trained":
-            say(f"[{name}] {how} the run already in {out / name} (same configuration)")
+        how = train_or_reuse(cfg, before=lambda what: say(f"[{name}] {what} ({recipe}, {p.epochs} epochs on "
+                                                            f"{p.dataset})"))
+        if how == "reused":
+            say(f"[{name}] reused the finished run already in {out / name} (same configuration)")
         run = RunDir(out / name)
         model = run.model()
         loaded[name] = model
