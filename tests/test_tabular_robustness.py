@@ -128,3 +128,20 @@ def test_summary_is_json_and_the_evaluator_runs_the_tabular_attacks(fraud):
     res = armor.evaluate(model, (x, y), threat, suite=["cpgd", "csearch"], attack_kwargs=FAST_SEARCH)
     assert set(res.per_attack) == {"cpgd", "csearch"}
     assert summary["constrained_robust_accuracy"] <= res.robust_accuracy < res.clean_accuracy
+
+
+def test_the_report_section_gives_each_tabular_accuracy_its_wilson_interval():
+    from armor.app.claims import wilson_interval
+    from armor.domains.tabular import _section_context
+
+    tab = {"constraint_satisfaction": 1.0, "recall_clean": 0.75, "recall_attacked": 0.5, "n_positive": 40,
+           "constrained_robust_accuracy": 0.6, "unconstrained_robust_accuracy": 0.4, "moved": []}
+    ctx = _section_context({"m": {"n": 200, "tabular": tab}, "other": {"n": 10}}, {})
+    ci = ctx["tabular"]["m"]["ci"]
+    assert list(ctx["tabular"]) == ["m"]
+    lo, hi = wilson_interval(0.6, 200)  # accuracies over the test points
+    assert ci["constrained_robust_accuracy"] == f"60.0% [{lo * 100:.1f}, {hi * 100:.1f}]"
+    lo, hi = wilson_interval(0.5, 40)  # recall over the positives only: a wider interval
+    assert ci["recall_attacked"] == f"50.0% [{lo * 100:.1f}, {hi * 100:.1f}]"
+    assert _section_context({"m": {"n": 200, "tabular": {**tab, "n_positive": None}}}, {})["tabular"]["m"]["ci"][
+        "recall_clean"] == "75.0%"  # positives unknown (older results): no interval rather than a wrong one

@@ -73,6 +73,7 @@ def _measure(model, x, y, threat, *, result=None, seed: int = 0, batch_size: int
         "recall_clean": recall.get("clean_recall"),
         "recall_attacked": recall.get("recall_under_attack"),
         "positive_class": positive,
+        "n_positive": int((y == positive).sum()) if positive is not None else None,
         "constrained_robust_accuracy": summary["constrained_robust_accuracy"],
         "unconstrained_robust_accuracy": summary["unconstrained_robust_accuracy"],
         "moved": [{"feature": f, "share_moved": v["moved"], "mean_abs_change": v["mean_abs_std"],
@@ -91,8 +92,9 @@ _SECTION = """
   <h3>{{ name }}</h3>
   <table>
     <tr><th class="num">constraint satisfaction</th><th class="num">positive-class recall, clean</th><th class="num">under attack</th><th class="num">constrained robust acc.</th><th class="num">unconstrained robust acc.</th></tr>
-    <tr><td class="num">{{ pct(t.constraint_satisfaction) }}</td><td class="num">{{ pct(t.recall_clean) }}</td><td class="num">{{ pct(t.recall_attacked) }}</td><td class="num">{{ pct(t.constrained_robust_accuracy) }}</td><td class="num">{{ pct(t.unconstrained_robust_accuracy) }}</td></tr>
+    <tr><td class="num">{{ pct(t.constraint_satisfaction) }}</td><td class="num">{{ t.ci.recall_clean }}</td><td class="num">{{ t.ci.recall_attacked }}</td><td class="num">{{ t.ci.constrained_robust_accuracy }}</td><td class="num">{{ t.ci.unconstrained_robust_accuracy }}</td></tr>
   </table>
+  <p class="muted">In brackets: 95% Wilson intervals over the {{ t.n }} test points (recall: over the {{ t.n_positive if t.n_positive is not none else "?" }} positives).</p>
   {% if t.moved %}
   <table>
     <tr><th>feature</th><th class="num">share of examples moved</th><th class="num">mean |change| (std)</th><th class="num">max |change| (std)</th></tr>
@@ -104,7 +106,19 @@ _SECTION = """
 
 
 def _section_context(models: dict, artifacts: dict) -> Optional[dict]:
-    tabular = {n: m["tabular"] for n, m in models.items() if isinstance(m.get("tabular"), dict)}
+    from ...app.claims import accuracy_interval, format_pct_interval
+
+    tabular = {}
+    for name, m in models.items():
+        t = m.get("tabular")
+        if not isinstance(t, dict):
+            continue
+        n, n_pos = m.get("n"), t.get("n_positive")
+        ci = {k: format_pct_interval(t.get(k), accuracy_interval(t.get(k), n))
+              for k in ("constrained_robust_accuracy", "unconstrained_robust_accuracy")}
+        ci.update({k: format_pct_interval(t.get(k), accuracy_interval(t.get(k), n_pos))
+                   for k in ("recall_clean", "recall_attacked")})
+        tabular[name] = {**t, "n": n, "ci": ci}
     return {"tabular": tabular} if tabular else None
 
 
