@@ -751,9 +751,154 @@ class Multi(_PGDAttackMixin, Recipe):
         return _mixed_ce(model, x, y, list(x_adv), self.adv_ratio)
 
 
+# ---------------------------------------------------------------------------------------------- certified training
+def _ramp(start: float, end: float, scale: float) -> float:
+    """A weight that moves from ``start`` to ``end`` while eps ramps up (``scale``: the trainer's eps_scale)."""
+    return start + (end - start) * scale
+
+
+@dataclass(eq=False, repr=False)
+class CertifiedTraining(Recipe):
+    """IBP (Gowal et al. 2018) or CROWN-IBP (Zhang et al. 2020) training.
+
+    loss = kappa * CE(f(x), y) + (1 - kappa) * CE(-m, y), where ``m`` are lower bounds of the margins
+    ``z_y - z_j`` over the threat set (``m_y = 0``): IBP's, or for CROWN-IBP ``beta * CROWN-IBP + (1 - beta) *
+    IBP``. While the trainer ramps eps up (``--eps-warmup K``: linearly over the first K epochs, which these
+    methods need), kappa moves from 1 to ``kappa`` and beta from 1 to ``beta`` in step with it, as in both papers.
+    The models it can train are those :mod:`armor.certify` can bound (armor's mlp and small-cnn).
+    """
+
+    name = "ibp"
+    description = ("certified training: IBP (Gowal et al. 2018) or CROWN-IBP (Zhang et al. 2020) margin bounds in "
+                   "the loss, kappa and beta ramped with eps (use --eps-warmup); mlp and small-cnn")
+    BOUNDS = ("crown-ibp", "ibp")
+
+    bound: str = param("crown-ibp", "the margin bound trained against", config_key="certified_bound",
+                       choices=BOUNDS)
+    kappa: float = param(0.5, "weight of the clean loss once eps is ramped up (it starts at 1; Gowal et al. 0.5)",
+                         config_key="kappa_end", check=check_ratio)
+    beta: float = param(0.0, "crown-ibp: weight of the CROWN-IBP bound against IBP once eps is ramped up (it "
+                        "starts at 1; Zhang et al. 0)", config_key="crown_beta_end", check=check_ratio)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._ops: Optional[tuple[int, list]] = None
+
+    def _chain(self, raw: nn.Module, shape: Sequence[int]) -> list:
+        from ..certify import chain
+
+        if self._ops is None or self._ops[0] != id(raw):
+            self._ops = (id(raw), chain(raw, shape))
+        return self._ops[1]
+
+    def objective(self, model, x, y, x_adv, ctx):
+        from ..certify import margin_lower_bounds
+
+        scale = ctx.eps_scale
+        logits = model(x)
+        clean = F.cross_entropy(logits, y)
+        if ctx.threat.eps_scalar == 0:
+            return clean, BatchStats(clean.item(), len(y), clean_correct=_correct(logits, y))
+        ops = self._chain(ctx.attack_model, x.shape[1:])
+        kappa = _ramp(1.0, self.kappa, scale)
+        lower = margin_lower_bounds(ops, x, y, ctx.threat, "ibp")
+        if self.bound == "crown-ibp":
+            beta = _ramp(1.0, self.beta, scale)
+            if beta > 0:
+                lower = beta * margin_lower_bounds(ops, x, y, ctx.threat, "crown-ibp") + (1 - beta) * lower
+        worst = torch.cat([torch.zeros_like(lower[:, :1]), -lower], 1)  # class y first, then the others
+        robust = F.cross_entropy(worst, torch.zeros_like(y))
+        loss = kappa * clean + (1 - kappa) * robust
+        return loss, BatchStats(loss.item(), len(y), clean_correct=_correct(logits, y),
+                                adv_correct=float((lower.detach().amin(1) > 0).sum()))
+
+
+def _sigma() -> Any:
+    return param(0.25, "standard deviation of the Gaussian noise, in input units (the sigma the smoothed "
+                 "classifier is certified with)", check=check_pos)
+
+
+@dataclass(eq=False, repr=False)
+class GaussianAugment(Recipe):
+    """Gaussian data augmentation, the base classifier of randomized smoothing (Cohen et al. 2019): CE on
+    ``x + N(0, sigma^2 I)``, noise unclipped as in the paper."""
+
+    name = "gaussian"
+    description = "Gaussian noise augmentation for randomized smoothing (Cohen et al. 2019): CE on x + N(0, sigma^2)"
+    adversarial = False
+
+    sigma: float = _sigma()
+
+    def perturb(self, model, x, y, ctx):
+        return x + self.sigma * torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
+
+    def objective(self, model, x, y, x_adv, ctx):
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits, y)
+        return loss, BatchStats(loss.item(), len(y), clean_correct=_correct(logits, y))
+
+
+class _SmoothedLogProb(nn.Module):
+    """log of the mean softmax of ``model`` over fixed noise samples: the soft smoothed classifier SmoothAdv
+    attacks."""
+
+    def __init__(self, model: nn.Module, noise: torch.Tensor):
+        super().__init__()
+        self.model, self.noise = model, noise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.noise.shape[0]
+        logits = self.model((x.unsqueeze(0) + self.noise).flatten(0, 1))
+        probs = F.softmax(logits, dim=1).view(m, x.shape[0], -1).mean(0)
+        return torch.log(probs.clamp_min(1e-20))
+
+
+def _nll(log_probs, y, target=None):
+    return F.nll_loss(log_probs, y, reduction="none")
+
+
+@dataclass(eq=False, repr=False)
+class SmoothAdv(Recipe):
+    """SmoothAdv (Salman et al. 2019): PGD on the soft smoothed classifier, ``max -log E_delta softmax(f(x' +
+    delta))_y`` over the threat's ball (l2 in the paper) with ``samples`` noise draws held fixed during the attack,
+    then CE of ``f`` on the same noisy copies of ``x'``."""
+
+    name = "smoothadv"
+    description = ("SmoothAdv (Salman et al. 2019): PGD against the smoothed classifier's soft prediction over "
+                   "m noise samples, then Gaussian augmentation on the adversarial points; use an l2 threat")
+
+    sigma: float = _sigma()
+    samples: int = param(1, "noise samples m per point in the attack and the loss", config_key="smooth_samples",
+                         check=check_int)
+    steps: int = param(2, "attack steps", check=check_int)
+    step_size: Optional[float] = _pgd_step_size()
+
+    def perturb(self, model, x, y, ctx):
+        threat = ctx.threat
+        noise = self.sigma * torch.randn((self.samples,) + tuple(x.shape), generator=ctx.generator,
+                                         device=x.device, dtype=x.dtype)
+        if threat.eps_scalar == 0:
+            return x, noise
+        alpha = (PGD_STEP / self.steps if self.step_size is None else self.step_size) * threat.eps_scalar
+        raw = ctx.attack_model
+        x_adv = x
+        with attack_mode(raw):
+            smoothed = _SmoothedLogProb(raw, noise)
+            for _ in range(self.steps):
+                _, _, grad = loss_and_grad(smoothed, x_adv, y, _nll)
+                x_adv = threat.project(threat.step(x_adv, grad, alpha), x)
+        return x_adv.detach(), noise
+
+    def objective(self, model, x, y, x_adv, ctx):
+        points, noise = x_adv
+        logits = model((points.unsqueeze(0) + noise).flatten(0, 1))
+        loss = F.cross_entropy(logits, y.repeat(self.samples))
+        return loss, BatchStats(loss.item(), len(y), adv_correct=_correct(logits, y.repeat(self.samples)) / self.samples)
+
+
 # ---------------------------------------------------------------------------------------------- registry
 RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (Standard, PGDAT, TRADES, MART, FastAT, FreeAT, AWP,
-                                                               Multi)}
+                                                               Multi, CertifiedTraining, GaussianAugment, SmoothAdv)}
 
 
 def make_recipe(name: str, **params: Any) -> Recipe:
