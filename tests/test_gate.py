@@ -213,3 +213,35 @@ def test_a_demo_run_twice_reuses_its_finished_runs_and_never_replaces_another(tm
     assert train_or_reuse(TrainConfig(**cfg), before=said.append) == "resumed"
     assert said == ["training", "resuming"]
     assert json.loads(meta_path.read_text())["status"] == "finished"
+
+
+def test_every_installed_workflow_gate_is_an_option_and_two_meanings_of_one_gate_are_refused():
+    from armor.app.train_cli import workflow_gates
+    from armor.plugins import Domain, Workflow, domains, registered
+
+    gates = workflow_gates()
+    for name, domain in domains().items():  # each gate a workflow declares is an `armor check --min-GATE` option
+        for gate, key in (domain.workflow.gates.items() if domain.workflow else ()):
+            assert gate == "robust-accuracy" or gates[gate][0] == key
+            if gate != "robust-accuracy":
+                assert f"--min-{gate}" in invoke("check", "--help").output
+    wf = Workflow(train=lambda *a, **k: None, evaluate=lambda *a, **k: ({}, {}), gates={"robust-return": "other"})
+    with registered(Domain(name="clash", workflow=wf)):
+        with pytest.raises(ValueError, match="--min-robust-return means 'robust_return' for agents and 'other'"):
+            workflow_gates()
+
+
+def test_a_workflow_refuses_classifier_options_it_did_not_declare_and_other_domains_options(tmp_path):
+    from armor.app.train_cli import train_workflow
+    from armor.plugins import Domain, Option, Workflow, registered
+
+    seen = {}
+    wf = Workflow(train=lambda options, out, quiet: seen.update(options), evaluate=lambda *a, **k: ({}, {}),
+                  options={"toy_size": Option(int, None, "toy: a size")}, shared=("epochs",))
+    with registered(Domain(name="toyflow", workflow=wf)):
+        with pytest.raises(ValueError, match="--lr do not apply to --domain toyflow"):
+            train_workflow("toyflow", {"lr": 0.1, "out": str(tmp_path / "a")}, None)
+        with pytest.raises(ValueError, match="--env do not apply to --domain toyflow"):  # an agents option
+            train_workflow("toyflow", {"env": "CartPole-v1", "out": str(tmp_path / "a")}, None)
+        train_workflow("toyflow", {"epochs": 3, "toy_size": 2, "out": str(tmp_path / "a")}, None)
+    assert seen["epochs"] == 3 and seen["toy_size"] == 2

@@ -133,6 +133,8 @@ class Workflow:
         validate: ``validate(name, entry, where)`` raises ``ValueError`` for a damaged entry of this domain.
         gates: what `armor check --min-FIGURE` may gate on: gate name -> entry key of a figure where higher is
             better, e.g. ``{"robust-return": "robust_return"}``.
+        shared: the classifier options of `armor train` this workflow also takes, beyond recipe, eps, norm, seed,
+            out and quiet (e.g. ``("epochs", "batch_size", "lr", "dataset", "model")``); any other is refused.
         summary: ``summary(models) -> (title, columns, rows)``: the table `armor evaluate` and `armor demo` print
             for ``{name: entry}`` of this domain (rows of strings, one per model); ``None``: a generic table of
             the gated figures.
@@ -143,6 +145,7 @@ class Workflow:
     options: Mapping[str, Option] = field(default_factory=dict)
     validate: Optional[Callable[[str, dict, str], None]] = None
     gates: Mapping[str, str] = field(default_factory=dict)
+    shared: Sequence[str] = ()
     summary: Optional[Callable[[dict], tuple[str, list[str], list[list[str]]]]] = None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+import inspect
 from typing import Annotated, Optional
 
 import typer
@@ -131,7 +132,7 @@ def _out(check, path: Path, *args):
 
 
 # ---------------------------------------------------------------------------------------------- threads
-from .train_cli import THREADS_HELP, check_threads, model_hint  # noqa: E402
+from .train_cli import THREADS_HELP, check_threads, model_hint, workflow_gates  # noqa: E402
 
 ThreadsOpt = Annotated[str, typer.Option("--threads", envvar="ARMOR_THREADS", callback=check_threads,
                                          help=THREADS_HELP)]
@@ -494,7 +495,7 @@ def check(
     model: Annotated[Optional[str], typer.Option(help="Which model of a multi-model results file to gate (default: the hardened one).")] = None,
     norm: Annotated[Optional[NormOpt], typer.Option(help="Fail unless the results were measured under this norm.")] = None,
     eps: Annotated[Optional[float], typer.Option(help="Fail unless the results were measured at this eps (in the dataset's eps unit).")] = None,
-    min_robust_return: Annotated[Optional[float], typer.Option(help="Agents: fail below this median worst-case return.")] = None,
+    **gate_floors: Optional[float],
 ) -> None:
     """CI gate: exit 1, naming model, threat, figure and bound, when a figure misses its bound; exit 2 when the
     results cannot be trusted (damaged, NaN, out of range) or the gate is misconfigured."""
@@ -502,10 +503,14 @@ def check(
 
     from .results import check as run_check, load_results
 
-    if min_robust_accuracy is None and max_clean_drop is None and min_robust_return is None:
-        fail("nothing to check: pass --min-robust-accuracy, --max-clean-drop or (agents) --min-robust-return")
-    if min_robust_return is not None and not math.isfinite(min_robust_return):
-        fail(f"--min-robust-return must be a finite number, got {min_robust_return}")
+    gates = workflow_gates()
+    floors = {gates[name.replace("_", "-")][0]: v for name, v in gate_floors.items() if v is not None}
+    if min_robust_accuracy is None and max_clean_drop is None and not floors:
+        fail("nothing to check: pass --min-robust-accuracy, --max-clean-drop or a domain's gate ("
+             + ", ".join(f"--min-{g}" for g in gates) + ")")
+    for name, v in gate_floors.items():
+        if v is not None and not math.isfinite(v):
+            fail(f"--min-{name.replace('_', '-')} must be a finite number, got {v}")
     for v, flag in ((min_robust_accuracy, "--min-robust-accuracy"), (max_clean_drop, "--max-clean-drop")):
         if v is not None and not (math.isfinite(v) and 0 <= v <= 1):
             fail(f"{flag} must be a fraction in [0, 1], got {v}")
@@ -516,8 +521,7 @@ def check(
         data = load_results(results)
         base = load_results(baseline) if baseline else None
         failures = run_check(data, min_robust_accuracy, max_clean_drop, base, model,
-                             norm=norm.value if norm else None, eps=eps, passes=passes,
-                             floors={} if min_robust_return is None else {"robust_return": min_robust_return})
+                             norm=norm.value if norm else None, eps=eps, passes=passes, floors=floors)
     except ValueError as e:
         fail(str(e))
     for line in passes:
@@ -526,6 +530,21 @@ def check(
         for f in failures:
             err.print(f"[bold red]FAIL[/] {escape(f)}")
         raise typer.Exit(1)
+
+
+def _check_signature() -> inspect.Signature:
+    """`armor check`'s options: the core ones, then ``--min-GATE`` for every gate of an installed workflow domain."""
+    params = [p for p in inspect.signature(check, eval_str=True).parameters.values()
+              if p.kind != inspect.Parameter.VAR_KEYWORD]
+    for gate, (key, owners) in workflow_gates().items():
+        params.append(inspect.Parameter(gate.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[Optional[float], typer.Option(
+                                            "--min-" + gate, help=escape(f"{', '.join(owners)}: fail below this "
+                                                                         f"{key.replace('_', ' ')}."))]))
+    return inspect.Signature(params)
+
+
+check.__signature__ = _check_signature()  # type: ignore[attr-defined]
 
 
 @app.command()

@@ -192,7 +192,25 @@ def workflow_options() -> dict[str, Any]:
     return out
 
 
-# What a workflow domain's training takes from the classifier options (the rest does not apply to it).
+def workflow_gates() -> dict[str, tuple[str, list[str]]]:
+    """`armor check --min-GATE` options of the installed workflow domains: gate -> (results.json key, domains).
+    ``robust-accuracy`` is the core gate already; a gate two domains name with different keys is an error."""
+    from ..plugins import domains
+
+    out: dict[str, tuple[str, list[str]]] = {}
+    for domain in domains().values():
+        for gate, key in (domain.workflow.gates.items() if domain.workflow is not None else ()):
+            if gate == "robust-accuracy" and key == "robust_accuracy":
+                continue
+            if gate in out and out[gate][0] != key:
+                raise ValueError(f"gate --min-{gate} means {out[gate][0]!r} for {', '.join(out[gate][1])} and "
+                                 f"{key!r} for {domain.name}: rename one of them")
+            out.setdefault(gate, (key, []))[1].append(domain.name)
+    return out
+
+
+# What every workflow domain's training takes from the classifier options; a workflow adds more with its
+# ``shared`` (the rest does not apply to it).
 WORKFLOW_SHARED = ("recipe", "eps", "norm", "seed", "out", "quiet", "steps", "step_size", "adv_ratio")
 
 
@@ -221,10 +239,12 @@ def train_workflow(domain: Optional[str], options: dict[str, Any], resume: Optio
         raise ValueError(f"domain {domain!r} has no training workflow of its own: train its datasets with "
                          "--dataset (see `armor list datasets`)")
     given = {k: v for k, v in options.items() if v is not None}
-    foreign = sorted(set(given) - set(WORKFLOW_SHARED))
+    takes = (*WORKFLOW_SHARED, *workflow.shared)
+    foreign = sorted(set(given) - set(takes)) + sorted(k for k, v in extra.items()
+                                                       if v is not None and k not in workflow.options)
     if foreign:
         raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in foreign)} do not apply to --domain "
-                         f"{domain} (it takes {', '.join('--' + k.replace('_', '-') for k in WORKFLOW_SHARED)} "
+                         f"{domain} (it takes {', '.join('--' + k.replace('_', '-') for k in takes)} "
                          f"and its own options)")
     out = Path(resume) if resume is not None else Path(given["out"]) if given.get("out") else None
     if out is None:
