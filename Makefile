@@ -24,6 +24,8 @@ install-dev: $(VENV)/.torch
 	$(PIP) install -e '.[dev]'
 	# independent reference implementation for agreement tests (imports without torchvision); required by `test`
 	$(PIP) install --no-deps torchattacks==3.5.1
+	# domain data read where the packages install it, never copied into armor: MovieLens-100k (recsys)
+	$(PIP) install --no-deps recbole==1.2.1
 
 # System data and browser for the tests: Debian's Fashion-MNIST IDX files and headless Chromium.
 # Skipped (tests that need them skip with a reason) when apt-get is not usable.
