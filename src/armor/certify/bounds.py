@@ -251,7 +251,7 @@ class Certificate:
 
     @property
     def accuracy(self) -> float:
-        return float(self.certified.float().mean()) if len(self.certified) else 0.0
+        return float(self.certified.double().mean()) if len(self.certified) else 0.0
 
 
 # float64 bounds of a float32 model: a margin must clear this share of the logits' size to be certified, so that
