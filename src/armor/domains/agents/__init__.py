@@ -31,20 +31,39 @@ _SECTION = """
   <table>
     <tr><th>agent</th><th>environment</th><th>recipe</th><th>threat</th><th class="num">clean return</th>
         <th class="num">worst-case return</th>{% for a in attacks %}<th class="num">{{ a }}</th>{% endfor %}
-        <th class="num">failed episodes (worst case)</th><th class="num">curve area</th>
+        <th class="num">{{ failure_label }}: clean</th><th class="num">{{ failure_label }}: worst case</th>
+        <th class="num">curve area</th>
         <th class="num">env steps</th><th class="num">train time</th></tr>
     {% for name, m in agents.items() %}
     <tr><td>{{ name }}</td><td>{{ m.env }}</td><td>{{ m.recipe }}</td><td>{{ m.threat.norm }} eps={{ m.threat.eps }}</td>
         <td class="num">{{ num(m.clean.median, 1) }} <span class="muted">[{{ num(m.clean.iqr[0], 1) }}, {{ num(m.clean.iqr[1], 1) }}]</span></td>
         <td class="num"><b>{{ num(m.worst.median, 1) }}</b> <span class="muted">[{{ num(m.worst.iqr[0], 1) }}, {{ num(m.worst.iqr[1], 1) }}]</span></td>
         {% for a in attacks %}<td class="num">{% if m.per_attack[a] is defined %}{{ num(m.per_attack[a].median, 1) }}{% else %}–{% endif %}</td>{% endfor %}
-        <td class="num">{{ pct(m.worst.failure_share) if m.worst.failure_share is defined else "–" }}</td>
+        <td class="num">{{ pct(m.failure.clean) if m.failure is defined and m.failure.clean is not none else "–" }}</td>
+        <td class="num"><b>{{ pct(m.failure.worst) if m.failure is defined and m.failure.worst is not none else "–" }}</b></td>
         <td class="num">{{ num(m.curve_area, 3) if m.curve_area is defined else "–" }}</td>
         <td class="num">{{ m.env_steps if m.env_steps is not none else "–" }}</td>
         <td class="num">{{ secs(m.train_seconds) }}</td></tr>
     {% endfor %}
   </table>
+  {% if failures %}
+  <p>Failed episodes per attack ({{ failure_label }}; {% for r in rules %}{{ r }}{% if not loop.last %}; {% endif %}{% endfor %}):</p>
+  <table>
+    <tr><th>agent</th><th class="num">clean</th>{% for a in attacks %}<th class="num">{{ a }}</th>{% endfor %}<th class="num">worst case</th></tr>
+    {% for name, f in failures.items() %}
+    <tr><td>{{ name }}</td><td class="num">{{ pct(f.clean) }}</td>
+        {% for a in attacks %}<td class="num">{{ pct(f.per_attack[a]) if f.per_attack[a] is defined and f.per_attack[a] is not none else "–" }}</td>{% endfor %}
+        <td class="num"><b>{{ pct(f.worst) if f.worst is not none else "–" }}</b></td></tr>
+    {% endfor %}
+  </table>
+  {% endif %}
   {% if curve %}<img class="fig" alt="worst-case return against eps" src="{{ curve }}">{% endif %}
+  {% if films %}<h3>Filmstrips: one episode clean and under the strongest attack</h3>{% endif %}
+  {% for name, f in films.items() %}
+  <p><b>{{ name }}</b>: episode seed {{ f.seed }}, clean and under <b>{{ f.attack }}</b> (the attack with the lowest
+  median return){% if f.note %}: <span class="muted">{{ f.note }}</span>{% endif %}</p>
+  {% if f.figure %}<img class="fig" alt="filmstrip of {{ name }}: clean and under {{ f.attack }}" src="{{ f.figure }}">{% endif %}
+  {% endfor %}
 """
 
 
@@ -56,8 +75,30 @@ def _section_context(models: dict, artifacts: dict) -> Optional[dict]:
     for m in agents.values():
         attacks += [a for a in m.get("per_attack", {}) if a not in attacks]
     ns = sorted({m.get("n") for m in agents.values()})
+    failures = {n: m["failure"] for n, m in agents.items() if m.get("failure")}
+    labels = sorted({f.get("label", "failed episodes") for f in failures.values()})
     return {"agents": agents, "attacks": attacks, "unit": EPS_UNIT, "curve": _curve_figure(agents),
-            "n_text": "/".join(str(n) for n in ns)}
+            "n_text": "/".join(str(n) for n in ns), "failures": failures,
+            "failure_label": " / ".join(labels) or "failed episodes",
+            "rules": sorted({f.get("rule", "") for f in failures.values()}),
+            "films": _films(agents, artifacts)}
+
+
+def _films(agents: dict[str, Any], artifacts: dict) -> dict[str, dict]:
+    """Per agent with a filmstrip entry: its figure (from the frames in artifacts.npz) or the note why none."""
+    from .filmstrip import filmstrip_figure
+
+    out = {}
+    for name, m in agents.items():
+        film = m.get("filmstrip")
+        if not film:
+            continue
+        arrays = artifacts.get(name) or {}
+        figure = filmstrip_figure(arrays, film) if arrays else None
+        note = film.get("note") or (None if figure else "the frames are not in this results directory "
+                                    "(artifacts.npz); re-run armor evaluate")
+        out[name] = {"seed": film.get("seed"), "attack": film.get("attack"), "figure": figure, "note": note}
+    return out
 
 
 def _curve_figure(agents: dict[str, Any]) -> Optional[str]:
@@ -82,7 +123,8 @@ DOMAIN = Domain(
     name="agents",
     description="RL agents (gymnasium, stable-baselines3): observation attacks, SA-PPO / attacked-obs / ATLA",
     report=(ReportSection("agents", "Agents", _SECTION, _section_context),),
-    demos={"agents": lazy("armor.domains.agents.demo:run_demo", "agents")},
+    demos={"agents": lazy("armor.domains.agents.demo:run_demo", "agents"),
+           "driving": lazy("armor.domains.agents.demo:run_demo", "driving")},
     workflow=WORKFLOW,
 )
 

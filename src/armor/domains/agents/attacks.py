@@ -14,6 +14,10 @@ the budget (as SA-PPO checks every step).
 * :func:`critic_attack`: PGD lowering the agent's own critic ``V(s + delta)``.
 * :func:`mad_attack`: maximal action difference, PGD (optionally SGLD) on ``KL(pi(.|s) || pi(.|s + delta))`` from
   a random start (Zhang et al. 2020, SA-PPO).
+
+Their z-space cores, :func:`mad_pgd` and :func:`critic_pgd`, are also the inner maximisation of the training
+recipes (SA-PPO's regulariser, attacked-observation training): one implementation, counted by
+:class:`AttackPasses`.
 * :class:`RobustSarsa`: learns ``Q`` of the fixed policy (SARSA TD targets, the action-smoothness regulariser of
   Zhang et al. 2020), then PGD lowering ``Q(s, pi(s + delta))``. Call :meth:`RobustSarsa.fit` first.
 * :class:`LearnedAdversary`: the "optimal attack" of ATLA (Zhang et al. 2021): an SB3 PPO adversary whose action
@@ -41,7 +45,7 @@ from torch import nn
 from ...threat import ThreatModel
 from .envs import EnvLike, check_agent_env, env_id_of, make_env, obs_bounds, to_action
 from .policy import PolicyAdapter
-from .threat import ObsNormalizer, adapter_in_z
+from .threat import ObsNormalizer, adapter_in_z, to_raw
 
 ObsAttack = Callable[..., torch.Tensor]
 
@@ -49,9 +53,9 @@ ObsAttack = Callable[..., torch.Tensor]
 # ----------------------------------------------------------------------------------------------- helpers
 def _as_batch(obs: Any, normalizer: ObsNormalizer) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(obs) if not torch.is_tensor(obs) else obs, dtype=torch.float32)
-    if x.dim() == 1:
-        x = x[None]
-    x = x.reshape(x.shape[0], -1)
+    d = normalizer.mean.numel()
+    # one observation of any shape (a vector, highway-env's vehicles x features) or a batch of them
+    x = x.reshape(1, d) if x.numel() == d else x.reshape(x.shape[0], -1)
     if x.shape[1] != normalizer.mean.numel():
         raise ValueError(f"observations have {x.shape[1]} dimensions but the normaliser has {normalizer.mean.numel()}")
     if not torch.isfinite(x).all():
@@ -65,42 +69,66 @@ def _z(normalizer: ObsNormalizer, threat: ThreatModel, obs: Any) -> tuple[torch.
 
 
 def _finish(name: str, normalizer: ObsNormalizer, threat: ThreatModel, z_adv: torch.Tensor,
-            z: torch.Tensor) -> torch.Tensor:
-    """The raw observations of ``z_adv``, after checking every row is inside the threat (``ValueError`` if not)."""
-    z_adv = z_adv.detach()
-    inside = threat.contains(z_adv, z)
+            x: torch.Tensor) -> torch.Tensor:
+    """The raw observations of ``z_adv`` around the raw batch ``x`` (:func:`to_raw`: still inside after rounding
+    to float32), after checking every row is inside the threat in float64 (``ValueError`` if not)."""
+    raw = to_raw(normalizer, threat, z_adv, x)
+    z, z_raw = normalizer.to_z(x.double()), normalizer.to_z(raw.double())
+    inside = threat.contains(z_raw, z)
     if not bool(inside.all()):
-        worst = float(threat.norm_of(z_adv - z).max())
+        worst = float(threat.norm_of(z_raw - z).max())
         raise ValueError(f"attack {name!r} left the budget on {int((~inside).sum())} of {len(inside)} observations "
                          f"(largest {threat.norm.value} size {worst:.6g} > eps {threat.eps_scalar:g}, or out of the "
                          f"observation bounds)")
-    return normalizer.from_z(z_adv)
+    return raw
 
 
-def _step_size(threat: ThreatModel, steps: int, step_size: Optional[float]) -> float:
+def default_step_size(threat: ThreatModel, steps: int, step_size: Optional[float] = None) -> float:
+    """``step_size`` if given, else 2.5 * eps / steps (Madry et al.): enough to cross the ball and come back."""
     return float(step_size) if step_size is not None else 2.5 * threat.eps_scalar / max(1, steps)
+
+
+class AttackPasses:
+    """Forward / backward passes an attack spent, in sample-passes (one observation through the network);
+    counted by the PGD loops themselves (the training recipes report them as the cost of robust training)."""
+
+    def __init__(self) -> None:
+        self.forward = 0
+        self.backward = 0
+
+    def add(self, n: int, forward: int, backward: int) -> None:
+        self.forward += n * forward
+        self.backward += n * backward
+
+    def state_dict(self) -> dict[str, int]:
+        return {"forward": self.forward, "backward": self.backward}
+
+    def load_state_dict(self, d: dict[str, int]) -> None:
+        self.forward, self.backward = int(d["forward"]), int(d["backward"])
 
 
 def _pgd(z: torch.Tensor, threat: ThreatModel, objective: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
          steps: int, step_size: float, generator: Optional[torch.Generator] = None,
-         sgld_noise: float = 0.0) -> torch.Tensor:
-    """Projected ascent on a per-sample ``objective(z_adv)`` (to maximise); returns the best iterate per sample
-    (the start included). One forward and backward pass per step: each iterate is scored by the pass that
-    computes its gradient, the last one by a forward pass."""
+         sgld_noise: float = 0.0, keep_best: bool = True) -> torch.Tensor:
+    """Projected ascent on a per-sample ``objective(z_adv)`` (to maximise). One forward and backward pass per
+    step. ``keep_best``: return the best iterate per sample (the start included; each iterate is scored by the
+    pass that computes its gradient, the last one by one more forward pass), else the last iterate (training's
+    inner maximisation, where the extra pass is not worth its cost)."""
     z_adv = start.detach()
     best, best_val = z_adv.clone(), None
-    for k in range(steps + 1):
+    for k in range(steps + 1 if keep_best else steps):
         z_adv = z_adv.detach().requires_grad_(k < steps)
         with torch.set_grad_enabled(k < steps):
             val = objective(z_adv)
-        with torch.no_grad():
-            v = val.detach()
-            if best_val is None:
-                best_val = v.clone()
-            else:
-                better = v > best_val
-                best = torch.where(better[:, None], z_adv.detach(), best)
-                best_val = torch.where(better, v, best_val)
+        if keep_best:
+            with torch.no_grad():
+                v = val.detach()
+                if best_val is None:
+                    best_val = v.clone()
+                else:
+                    better = v > best_val
+                    best = torch.where(better[:, None], z_adv.detach(), best)
+                    best_val = torch.where(better, v, best_val)
         if k == steps:
             break
         (grad,) = torch.autograd.grad(val.sum(), z_adv)
@@ -109,50 +137,89 @@ def _pgd(z: torch.Tensor, threat: ThreatModel, objective: Callable[[torch.Tensor
                 grad = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12) + sgld_noise * torch.randn(
                     grad.shape, generator=generator, dtype=grad.dtype)
             z_adv = threat.project(threat.step(z_adv.detach(), grad, step_size), z)
-    return best
+    return best if keep_best else z_adv.detach()
+
+
+# ----------------------------------------------------------------------------------------------- z-space PGD
+def mad_pgd(adapter_z: PolicyAdapter, z: torch.Tensor, threat: ThreatModel, steps: int = 5,
+            step_size: Optional[float] = None, generator: Optional[torch.Generator] = None,
+            counter: Optional[AttackPasses] = None, sgld_noise: float = 0.0, keep_best: bool = False) -> torch.Tensor:
+    """MAD in z-space: maximise ``KL(pi(.|z) || pi(.|z_adv))`` over the threat ball around ``z`` by PGD from a
+    random point of the ball (the KL's gradient vanishes at ``z`` itself); ``sgld_noise > 0`` adds Langevin
+    noise to each step (SGLD).
+
+    ``adapter_z`` sees z-space inputs (:func:`adapter_in_z`); call it under ``adapter.frozen()`` when the
+    parameters must not collect gradients. The evaluation attack (:func:`mad_attack`) keeps the best iterate,
+    the training recipes (SA-PPO's regulariser, attacked observations) the last one. Returns ``z_adv``
+    (detached), inside the ball by construction."""
+    z = z.detach()
+    if threat.eps_scalar == 0:
+        return z.clone()
+    with torch.no_grad():  # the clean distribution once
+        clean = adapter_z.distribution(z)
+        clean = D.Categorical(logits=clean.logits) if adapter_z.discrete else D.Normal(clean.mean, clean.stddev)
+
+    def kl(v: torch.Tensor) -> torch.Tensor:
+        out = D.kl_divergence(clean, adapter_z.distribution(v))
+        return out if out.dim() == 1 else out.sum(-1)
+
+    z_adv = _pgd(z, threat, kl, threat.random_init(z, generator=generator), steps,
+                 default_step_size(threat, steps, step_size), generator, sgld_noise, keep_best)
+    if counter is not None:
+        counter.add(len(z), steps + 1 + int(keep_best), steps)
+    return z_adv
+
+
+def critic_pgd(adapter_z: PolicyAdapter, z: torch.Tensor, threat: ThreatModel, steps: int = 5,
+               step_size: Optional[float] = None, generator: Optional[torch.Generator] = None,
+               counter: Optional[AttackPasses] = None, random_start: bool = True,
+               keep_best: bool = False) -> torch.Tensor:
+    """Critic attack in z-space: PGD lowering the agent's own value estimate ``V(z_adv)`` (the state looks worse
+    than it is, as in Pattanaik et al.'s value-based attack, with V standing in for Q). See :func:`mad_pgd`."""
+    if adapter_z.value is None:
+        raise ValueError("the critic attack needs the agent's value function (PolicyAdapter.value is None; SB3 "
+                         "PPO/A2C have one)")
+    z = z.detach()
+    if threat.eps_scalar == 0:
+        return z.clone()
+    start = threat.random_init(z, generator=generator) if random_start else z
+    z_adv = _pgd(z, threat, lambda v: -adapter_z.value(v).reshape(-1), start, steps,
+                 default_step_size(threat, steps, step_size), generator, keep_best=keep_best)
+    if counter is not None:
+        counter.add(len(z), steps + int(keep_best), steps)
+    return z_adv
 
 
 # ----------------------------------------------------------------------------------------------- attacks
 def random_noise(adapter: PolicyAdapter, normalizer: ObsNormalizer, threat: ThreatModel, obs: Any, *,
                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """A uniformly random point of the ball around each observation (``threat.random_init``)."""
-    _, z = _z(normalizer, threat, obs)
-    return _finish("random", normalizer, threat, threat.random_init(z, generator=generator), z)
+    x, z = _z(normalizer, threat, obs)
+    return _finish("random", normalizer, threat, threat.random_init(z, generator=generator), x)
 
 
 def critic_attack(adapter: PolicyAdapter, normalizer: ObsNormalizer, threat: ThreatModel, obs: Any, *,
                   steps: int = 10, step_size: Optional[float] = None, random_start: bool = False,
                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """PGD in z-space lowering the agent's critic ``V(s + delta)`` (step ``2.5 eps / steps`` by default)."""
+    """PGD lowering the agent's critic ``V(s + delta)`` (:func:`critic_pgd`, best iterate; step ``2.5 eps /
+    steps`` by default)."""
     if adapter.value is None:
         raise ValueError("the critic attack needs the agent's value function (PolicyAdapter.value is None)")
-    _, z = _z(normalizer, threat, obs)
-    za = adapter_in_z(adapter, normalizer)
-    start = threat.random_init(z, generator=generator) if random_start else z
-    z_adv = _pgd(z, threat, lambda v: -za.value(v).reshape(-1), start, steps, _step_size(threat, steps, step_size),
-                 generator)
-    return _finish("critic", normalizer, threat, z_adv, z)
+    x, z = _z(normalizer, threat, obs)
+    z_adv = critic_pgd(adapter_in_z(adapter, normalizer), z, threat, steps, step_size, generator,
+                       random_start=random_start, keep_best=True)
+    return _finish("critic", normalizer, threat, z_adv, x)
 
 
 def mad_attack(adapter: PolicyAdapter, normalizer: ObsNormalizer, threat: ThreatModel, obs: Any, *,
                steps: int = 10, step_size: Optional[float] = None, sgld_noise: float = 0.0,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Maximal action difference: maximise ``KL(pi(.|s) || pi(.|s + delta))`` by PGD from a random start (the
-    KL's gradient vanishes at ``delta = 0``); ``sgld_noise > 0`` adds Langevin noise to each step (SGLD)."""
-    _, z = _z(normalizer, threat, obs)
-    za = adapter_in_z(adapter, normalizer)
-    start = threat.random_init(z, generator=generator)
-    with torch.no_grad():  # the clean distribution once (PolicyAdapter.kl recomputes it per call)
-        clean = za.distribution(z)
-        clean = D.Categorical(logits=clean.logits) if adapter.discrete else D.Normal(clean.mean, clean.stddev)
-
-    def kl(v: torch.Tensor) -> torch.Tensor:
-        out = D.kl_divergence(clean, za.distribution(v))
-        return out if out.dim() == 1 else out.sum(-1)
-
-    z_adv = _pgd(z, threat, kl, start, steps, _step_size(threat, steps, step_size), generator,
-                 sgld_noise)
-    return _finish("mad", normalizer, threat, z_adv, z)
+    """Maximal action difference (:func:`mad_pgd`, best iterate): maximise ``KL(pi(.|s) || pi(.|s + delta))``
+    from a random start; ``sgld_noise > 0`` adds Langevin noise to each step (SGLD)."""
+    x, z = _z(normalizer, threat, obs)
+    z_adv = mad_pgd(adapter_in_z(adapter, normalizer), z, threat, steps, step_size, generator,
+                    sgld_noise=sgld_noise, keep_best=True)
+    return _finish("mad", normalizer, threat, z_adv, x)
 
 
 # ----------------------------------------------------------------------------------------------- Robust Sarsa
@@ -329,7 +396,7 @@ class RobustSarsa:
             raise ValueError("RobustSarsa must be fitted first: RobustSarsa().fit(adapter, env_id, normalizer, threat)")
         if self.q_at not in ("clean", "perturbed"):
             raise ValueError(f"q_at must be 'clean' or 'perturbed', got {self.q_at!r}")
-        _, z = _z(normalizer, threat, obs)
+        x, z = _z(normalizer, threat, obs)
         za = adapter_in_z(adapter, normalizer)
         q = self.q
         if adapter.discrete:
@@ -346,8 +413,8 @@ class RobustSarsa:
         if adapter.discrete and self.q_at == "perturbed":
             def objective(v: torch.Tensor) -> torch.Tensor:  # noqa: F811 - E_pi(.|v) Q(v, a), to lower
                 return -_policy_value(q, za.distribution(v), v, True)
-        z_adv = _pgd(z, threat, objective, z, self.steps, _step_size(threat, self.steps, self.step_size), generator)
-        return _finish("rs", normalizer, threat, z_adv, z)
+        z_adv = _pgd(z, threat, objective, z, self.steps, default_step_size(threat, self.steps, self.step_size), generator)
+        return _finish("rs", normalizer, threat, z_adv, x)
 
 
 # ----------------------------------------------------------------------------------------------- learned adversary
@@ -387,7 +454,7 @@ def _adversary_env_class():
             z = self.normalizer.to_z(x)
             a = torch.as_tensor(np.asarray(action, dtype=np.float32)).reshape(z.shape)
             z_adv = self.threat.project(z + self.threat.eps_scalar * torch.tanh(a), z)
-            return _finish("optimal", self.normalizer, self.threat, z_adv, z)
+            return _finish("optimal", self.normalizer, self.threat, z_adv, x)
 
         def step(self, action: Any):
             seen = self.perturb(self._obs, action)
@@ -472,11 +539,11 @@ class LearnedAdversary:
         if self.model is None:
             raise ValueError("LearnedAdversary must be fitted first: LearnedAdversary().fit(adapter, env_id, "
                              "normalizer, threat)")
-        _, z = _z(normalizer, threat, obs)
+        x, z = _z(normalizer, threat, obs)
         action, _ = self.model.predict(z.clamp(-10, 10).numpy(), deterministic=True)
         a = torch.as_tensor(np.asarray(action, dtype=np.float32)).reshape(z.shape)
         z_adv = threat.project(z + threat.eps_scalar * torch.tanh(a), z)
-        return _finish("optimal", normalizer, threat, z_adv, z)
+        return _finish("optimal", normalizer, threat, z_adv, x)
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -517,6 +584,7 @@ class EpisodeResult:
     attacked_steps: int = 0
     max_perturbation: float = 0.0
     failed: bool = False
+    frames: dict = field(default_factory=dict, repr=False)  # state index -> rendered frame (render_at)
 
     def to_dict(self) -> dict:
         return {"return": self.ret, "length": self.length, "in_budget": self.in_budget,
@@ -541,7 +609,7 @@ def _inside(threat: ThreatModel, normalizer: ObsNormalizer, seen: torch.Tensor, 
 def run_episode(env: EnvLike, adapter: PolicyAdapter, attack: Optional[ObsAttack] = None,
                 normalizer: Optional[ObsNormalizer] = None, threat: Optional[ThreatModel] = None, seed: int = 0,
                 attack_share: float = 1.0, max_steps: Optional[int] = None, failure_key: Optional[str] = None,
-                deterministic: bool = True) -> EpisodeResult:
+                deterministic: bool = True, render_at: Sequence[int] = ()) -> EpisodeResult:
     """Play one episode (``env.reset(seed=seed)``), the agent acting (deterministically by default) on what
     ``attack`` makes of each observation.
 
@@ -549,6 +617,9 @@ def run_episode(env: EnvLike, adapter: PolicyAdapter, attack: Optional[ObsAttack
     one per step whether attacked or not); the attack's generator is ``torch.Generator().manual_seed(seed)``:
     the same seed gives the same episode. Every perturbed observation is checked against the budget (z-ball and
     raw observation bounds); ``in_budget`` is False if any was outside.
+
+    ``render_at``: state indices (0: after the reset, ``length``: the final state) at which ``env.render()`` is
+    kept in ``frames`` (the environment must have been made with ``render_mode="rgb_array"``).
     """
     if not 0.0 <= attack_share <= 1.0:
         raise ValueError(f"attack_share must be in [0, 1], got {attack_share}")
@@ -565,8 +636,11 @@ def run_episode(env: EnvLike, adapter: PolicyAdapter, attack: Optional[ObsAttack
         rng = np.random.default_rng(int(seed))
         obs, _ = env.reset(seed=int(seed))
         ret, length, attacked, inside, worst, failed = 0.0, 0, 0, True, 0.0, False
+        render_at, frames = set(int(t) for t in render_at), {}
         with adapter.frozen():
             while True:
+                if length in render_at:
+                    frames[length] = env.render()
                 x = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(1, -1))
                 seen = x
                 if attack is not None and rng.random() < attack_share:
@@ -580,12 +654,14 @@ def run_episode(env: EnvLike, adapter: PolicyAdapter, attack: Optional[ObsAttack
                 if failure_key is not None and info.get(failure_key):
                     failed = True
                 if term or trunc or (max_steps is not None and length >= max_steps):
+                    if length in render_at:
+                        frames[length] = env.render()
                     break
     finally:
         if owned:
             env.close()
-    return EpisodeResult(ret, length, inside, attacked, worst, failed)
+    return EpisodeResult(ret, length, inside, attacked, worst, failed, frames)
 
 
-__all__ = ["AGENT_ATTACKS", "EpisodeResult", "LearnedAdversary", "RobustSarsa", "critic_attack", "mad_attack",
+__all__ = ["AGENT_ATTACKS", "AttackPasses", "EpisodeResult", "critic_pgd", "default_step_size", "mad_pgd", "LearnedAdversary", "RobustSarsa", "critic_attack", "mad_attack",
            "make_attack", "needs_fit", "random_noise", "run_episode"]

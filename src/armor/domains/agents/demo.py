@@ -1,8 +1,14 @@
-"""`armor demo --dataset agents`: vanilla PPO vs SA-PPO vs attacked-observation training (50/50) on CartPole,
-each measured under every observation attack, with the report's agents section.
+"""The agents demos, each vanilla PPO against robust training, measured under every observation attack, with
+the report's agents section (tables, return-vs-eps curve, filmstrips):
+
+* ``armor demo --domain agents``: vanilla PPO vs SA-PPO vs attacked-observation training (50/50) on CartPole.
+* ``armor demo --domain driving``: vanilla PPO vs SA-PPO on highway-env's ``highway-fast-v0`` (kinematics
+  observation: 5 vehicles x 5 features), with the **crash rate** clean, per attack and in the worst case
+  (``pip install highway-env``).
 
 The question asked of classifiers is asked again for agents: does hardening keep the return when the sensor
 readings are perturbed within the budget, and what does it cost (environment steps and wall time vs vanilla)?
+All recipes of a demo share one observation normaliser (estimated once), so eps means the same for each.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch
 
 from ...app.report import write_report
 from ...app.results import stamp
+from ...app.rundir import save_artifacts
 from ...utils import atomic_write_json
 from .workflow import EPS_UNIT, evaluate
 
@@ -23,31 +30,42 @@ PRESETS = {
                "suite": "random,critic,mad,rs",
                "recipes": (("vanilla", "vanilla", {}), ("sa-ppo", "sa-ppo", {}),
                            ("attacked-obs", "attacked-obs", {"ratio": 0.5}))},
+    "driving": {"env": "highway-fast-v0", "eps": 0.2, "total_steps": 4096, "episodes": 10,
+                "suite": "random,critic,mad", "normalizer_steps": 500, "curve": False,
+                "recipes": (("vanilla", "vanilla", {}), ("sa-ppo", "sa-ppo", {}))},
 }
 
 
 def run_demo(name: str = "agents", out: Path | str = "runs/demo", *, seed: int = 0, quiet: bool = False,
              say: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, measure and report the agents demo; returns the results dict (also OUT/results.json)."""
-    from .train import train_agent
+    from .envs import ensure_registered
+    from .train import default_normalizer, train_agent
 
     if name not in PRESETS:
         raise ValueError(f"the agents demo knows {', '.join(PRESETS)}; got {name!r}")
     p = PRESETS[name]
+    ensure_registered(p["env"])  # a missing package (highway-env) is named before any work
     torch.set_num_threads(1)  # small policies: intra-op threads cost more than they save
     out = Path(out)
     t_start = time.perf_counter()
+    normalizer = default_normalizer(p["env"], seed, p.get("normalizer_steps", 2000))
     models: dict[str, dict[str, Any]] = {}
+    artifacts: dict[str, dict[str, Any]] = {}
     for label, recipe, options in p["recipes"]:
         run_dir = out / label
         say(f"[{label}] training {recipe} on {p['env']} ({p['total_steps']} environment steps, eps {p['eps']} "
             f"in {EPS_UNIT})")
         train_agent(p["env"], recipe, eps=p["eps"], total_steps=p["total_steps"], seed=seed, out_dir=run_dir,
-                    resume=(run_dir / "metadata.json").exists(), quiet=quiet, **options)
-        say(f"[{label}] measuring: {p['episodes']} episodes clean and under {p['suite']}, return vs eps")
-        entry, _ = evaluate(run_dir, {"eps": p["eps"], "n": p["episodes"], "seed": seed, "suite": p["suite"]},
-                            progress=lambda msg, label=label: say(f"[{label}] {msg}"))
+                    resume=(run_dir / "metadata.json").exists(), quiet=quiet, normalizer=normalizer, **options)
+        say(f"[{label}] measuring: {p['episodes']} episodes clean and under {p['suite']}"
+            + (", return vs eps" if p.get("curve", True) else ""))
+        entry, art = evaluate(run_dir, {"eps": p["eps"], "n": p["episodes"], "seed": seed, "suite": p["suite"],
+                                        "curve": p.get("curve", True)},
+                              progress=lambda msg, label=label: say(f"[{label}] {msg}"))
         models[label] = entry
+        if art:
+            artifacts[label] = art
     base = models["vanilla"]
     for m in models.values():
         m["cost"] = {"env_steps": m.get("env_steps"), "train_seconds": m.get("train_seconds"),
@@ -58,10 +76,15 @@ def run_demo(name: str = "agents", out: Path | str = "runs/demo", *, seed: int =
                                      if n != "vanilla"},
               "clean_return_change": {n: m["clean_return"] - base["clean_return"] for n, m in models.items()
                                       if n != "vanilla"}}
+    if "failure" in base:  # the crash rate (highway-env) clean and in the worst case, against vanilla's
+        claims["failure_share_change"] = {n: {k: m["failure"][k] - base["failure"][k] for k in ("clean", "worst")}
+                                          for n, m in models.items() if n != "vanilla" and "failure" in m}
     results = stamp({"dataset": p["env"], "domain": "agents", "models": models, "agent_claims": claims,
                      "demo": {"preset": {k: v for k, v in p.items() if k != "recipes"},
                               "recipes": [r[0] for r in p["recipes"]],
                               "seconds": round(time.perf_counter() - t_start, 1)}})
     atomic_write_json(out / "results.json", results)
-    write_report(results, out / "report.html", {}, title=f"armor demo: agents on {p['env']}")
+    if artifacts:
+        save_artifacts(out / "artifacts.npz", artifacts)
+    write_report(results, out / "report.html", artifacts, title=f"armor demo: {name} on {p['env']}")
     return results

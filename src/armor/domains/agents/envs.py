@@ -20,6 +20,15 @@ from .threat import ObsNormalizer, observation_threat
 
 EnvLike = Union[str, Callable[[], Any], Any]
 
+#: Environment ids that live in another package, which registers them with gymnasium when imported:
+#: ``(id prefix, module to import, pip install command)``.
+ENV_PACKAGES: tuple[tuple[str, str, str], ...] = (
+    ("highway-", "highway_env", "pip install highway-env  (or: pip install 'armor[driving]')"),
+    ("merge-", "highway_env", "pip install highway-env  (or: pip install 'armor[driving]')"),
+    ("roundabout-", "highway_env", "pip install highway-env  (or: pip install 'armor[driving]')"),
+    ("intersection-", "highway_env", "pip install highway-env  (or: pip install 'armor[driving]')"),
+)
+
 
 def _gym():
     try:
@@ -29,8 +38,26 @@ def _gym():
     return gymnasium
 
 
+def ensure_registered(env_id: str) -> None:
+    """Import the package that registers ``env_id`` (see :data:`ENV_PACKAGES`) if gymnasium does not know it yet;
+    a ``ValueError`` naming the install command when that package is missing (the CLI prints it as an error)."""
+    gym = _gym()
+    if env_id in gym.envs.registry:
+        return
+    for prefix, module, install in ENV_PACKAGES:
+        if env_id.startswith(prefix):
+            try:
+                __import__(module)
+            except ImportError as e:
+                raise ValueError(f"environment {env_id!r} comes with the {module} package, which is not installed: "
+                                 f"{install}") from e
+            return
+
+
 def check_observation_space(space: Any, what: str = "the environment") -> None:
-    """``ValueError`` unless ``space`` is a flat-able ``gymnasium.spaces.Box`` of floats armor can perturb."""
+    """``ValueError`` unless ``space`` is a ``gymnasium.spaces.Box`` of numbers armor can perturb. A Box of any
+    shape is fine (highway-env's kinematics observation is vehicles x features): attacks, normalisers and
+    budgets see it flattened, row-major, and the agent gets it back in its own shape."""
     spaces = _gym().spaces
     if not isinstance(space, spaces.Box):
         kind = type(space).__name__
@@ -53,6 +80,7 @@ def make_env(env_id: EnvLike, seed: Optional[int] = None, **kwargs: Any):
     """
     gym = _gym()
     if isinstance(env_id, str):
+        ensure_registered(env_id)
         registry = gym.envs.registry
         if env_id not in registry:
             close = difflib.get_close_matches(env_id, list(registry.keys()), n=3, cutoff=0.6)
@@ -183,5 +211,5 @@ def load_sb3(path: Any, algo: Optional[str] = None) -> Any:
     raise ValueError(f"could not load {path} as {' or '.join(names)}: " + "; ".join(errors))
 
 
-__all__ = ["check_agent_env", "check_observation_space", "collect_observations", "env_id_of", "env_threat",
+__all__ = ["ENV_PACKAGES", "check_agent_env", "check_observation_space", "ensure_registered", "collect_observations", "env_id_of", "env_threat",
            "fit_normalizer", "load_sb3", "make_env", "obs_bounds", "to_action"]

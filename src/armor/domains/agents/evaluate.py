@@ -3,8 +3,9 @@
 :func:`evaluate_agent` plays ``episodes`` seeded episodes (seeds ``seed, seed+1, ...``) clean and under each
 attack of the suite; every attack sees the same episode seeds, so the worst case of episode ``i`` is the minimum
 over the suite of the returns of episode ``i``. Summaries give the median and interquartile range (as SA-PPO
-reports), the mean, and the share of episodes below a task threshold (or flagged as failed by the environment,
-e.g. highway-env's ``crashed``). :func:`return_curve` repeats it over an eps grid (with the normalised area under
+reports), the mean, and the share of *failed* episodes, as each environment's :class:`Task` defines a failure (a
+return below a threshold, as CartPole's 195, or a flag in the step info, as highway-env's ``crashed``: the crash
+rate). :func:`return_curve` repeats it over an eps grid (with the normalised area under
 each curve), and :func:`aggregate_seeds` combines per-training-seed summaries (median of medians, IQR).
 Everything returned is JSON-ready (``to_dict``).
 """
@@ -25,8 +26,31 @@ from .envs import EnvLike, env_id_of, make_env
 from .policy import PolicyAdapter
 from .threat import ObsNormalizer, raw_eps
 
-#: Return below which an episode counts as a failure of the task (CartPole: the classic "solved" level 195).
-TASK_THRESHOLDS: dict[str, float] = {"CartPole-v0": 195.0, "CartPole-v1": 195.0}
+@dataclass(frozen=True)
+class Task:
+    """What a failed episode is in an environment, and what the share of failed episodes is called.
+
+    An episode fails when its return is below ``threshold`` or when ``info[failure_key]`` is true at any step
+    (either rule may be absent). ``label`` names the share in tables and reports ("crash rate")."""
+
+    threshold: Optional[float] = None
+    failure_key: Optional[str] = None
+    label: str = "failed episodes"
+
+    def rule(self) -> str:
+        """The failure rule in words (for reports)."""
+        parts = ([f"return < {self.threshold:g}"] if self.threshold is not None else []) + \
+            ([f"info[{self.failure_key!r}] at any step"] if self.failure_key is not None else [])
+        return " or ".join(parts) or "none"
+
+
+_CRASH = Task(failure_key="crashed", label="crash rate")
+#: Failure rules of known environments (CartPole: below the classic "solved" level 195; highway-env: a crash).
+TASKS: dict[str, Task] = {
+    "CartPole-v0": Task(threshold=195.0, label="episodes < 195"),
+    "CartPole-v1": Task(threshold=195.0, label="episodes < 195"),
+    **{k: _CRASH for k in ("highway-v0", "highway-fast-v0", "merge-v0", "roundabout-v0", "intersection-v0")},
+}
 
 DEFAULT_SUITE = ("random", "critic", "mad")
 
@@ -99,6 +123,7 @@ class AgentEvaluation:
     threshold: Optional[float] = None
     failure_key: Optional[str] = None
     attack_share: float = 1.0
+    failure_label: str = "failed episodes"
 
     @property
     def worst(self) -> list[float]:
@@ -110,12 +135,14 @@ class AgentEvaluation:
     def worst_attack(self) -> list[str]:
         """Per episode, the attack that gave the worst return (the first in suite order on ties)."""
         names = list(self.returns)
+        if not names:
+            return []
         return [min(names, key=lambda n: (self.returns[n][i], names.index(n))) for i in range(len(self.seeds))]
 
     def summary(self) -> dict[str, Any]:
         """``{"clean": stats, "attacks": {name: stats}, "worst": stats}``; stats are median, IQR, mean, std,
         min, max and (with a threshold or failure flag) the share of failed episodes."""
-        fk = self.failure_key is not None
+        fk = self.failure_key is not None  # failure flags from the step info count (else only the threshold)
         out: dict[str, Any] = {"clean": _stats(self.clean, self.threshold, self.failed.get("clean") if fk else None)}
         out["attacks"] = {n: _stats(r, self.threshold, self.failed.get(n) if fk else None)
                           for n, r in self.returns.items()}
@@ -127,7 +154,8 @@ class AgentEvaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"env_id": self.env_id, "seeds": list(self.seeds), "threat": self.threat, "raw_eps": self.raw_eps,
-                "threshold": self.threshold, "failure_key": self.failure_key, "attack_share": self.attack_share,
+                "threshold": self.threshold, "failure_key": self.failure_key, "failure_label": self.failure_label,
+                "attack_share": self.attack_share,
                 "clean": list(self.clean), "returns": {k: list(v) for k, v in self.returns.items()},
                 "worst": self.worst, "worst_attack": self.worst_attack,
                 "lengths": {k: list(v) for k, v in self.lengths.items()},
@@ -160,8 +188,9 @@ def evaluate_agent(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNorma
             attack)`` pairs or a ``{name: attack}`` mapping. Learned attacks (``rs``, ``optimal``) that are not
             fitted yet are fitted here, on seeds ``fit_seed`` (default ``seed + 100_000``) apart from the
             evaluation's; their fitting time is part of the attack's wall time and of ``fit``.
-        threshold: a return below it marks an episode as failed (default: :data:`TASK_THRESHOLDS` for the id).
+        threshold: a return below it marks an episode as failed.
         failure_key: an ``info`` key whose truth in any step marks the episode failed (highway-env: ``crashed``).
+            When neither is given, both come from the environment's :class:`Task` in :data:`TASKS`.
         strict: raise ``ValueError`` if an attack put any observation outside the budget (else it is reported
             in ``in_budget``).
     """
@@ -170,8 +199,12 @@ def evaluate_agent(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNorma
     env_kwargs = dict(env_kwargs or {})
     env = make_env(env_id, **env_kwargs)
     name = env_id if isinstance(env_id, str) else env_id_of(env)
-    if threshold is None:
-        threshold = TASK_THRESHOLDS.get(name)
+    task = TASKS.get(name, Task())
+    if threshold is None and failure_key is None:
+        threshold, failure_key, failure_label = task.threshold, task.failure_key, task.label
+    else:
+        failure_label = Task(threshold, failure_key).label if (threshold, failure_key) != (task.threshold, task.failure_key) \
+            else task.label
     seeds = [int(seed) + i for i in range(episodes)]
     fit_seed = int(seed) + 100_000 if fit_seed is None else int(fit_seed)
     suite = _resolve(attacks)
@@ -212,7 +245,7 @@ def evaluate_agent(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNorma
         env.close()
     return AgentEvaluation(name, seeds, threat.to_dict(), raw_eps(normalizer, threat.eps_scalar), clean_returns,
                            returns, lengths, failed, in_budget, seconds, cpu_seconds, fit, threshold, failure_key,
-                           attack_share)
+                           attack_share, failure_label)
 
 
 def curve_area(eps: Sequence[float], values: Sequence[float]) -> float:
@@ -297,5 +330,5 @@ def aggregate_seeds(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["AgentEvaluation", "DEFAULT_SUITE", "TASK_THRESHOLDS", "aggregate_seeds", "curve_area", "evaluate_agent",
+__all__ = ["AgentEvaluation", "DEFAULT_SUITE", "TASKS", "Task", "aggregate_seeds", "curve_area", "evaluate_agent",
            "return_curve"]

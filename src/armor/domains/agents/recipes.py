@@ -29,10 +29,10 @@ Where SB3 serves and where it does not:
 * Attacked observations are a ``VecEnvWrapper`` (:class:`ObservationAttackVecEnv`), so SB3's rollout collection
   is untouched: what the wrapper returns is what the policy acts on and what the rollout buffer stores. The
   ``terminal_observation`` SB3 uses to bootstrap truncated episodes is left clean (no action is taken on it).
-* The inner attacks (:func:`mad_pgd`, :func:`critic_pgd`) are written here rather than imported from
-  ``attacks.py`` (the evaluation attacks, written separately): training needs a small batched loop on raw
-  tensors, counted and seeded by the run. Every perturbation is made by the run's ThreatModel
-  (``random_init``, ``step``, ``project``); none has its own projection.
+* The inner attacks are the evaluation attacks' z-space cores (:func:`~.attacks.mad_pgd`,
+  :func:`~.attacks.critic_pgd`) keeping their last iterate, seeded by the run's generators and counted
+  (:class:`~.attacks.AttackPasses`). Every perturbation is made by the run's ThreatModel (``random_init``,
+  ``step``, ``project``); none has its own projection.
 
 Randomness: each recipe draws from its own generators (seeded from the run's seed), never from the coin flips
 or initialisations SB3 uses, so ``attacked-obs`` at ``ratio=0`` and ``sa-ppo`` at ``kappa=0`` train the very
@@ -50,114 +50,27 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
-from torch import distributions as D
 
 from ...threat import ThreatModel
+from .attacks import AttackPasses, critic_pgd, mad_pgd
 from .policy import PolicyAdapter
-from .threat import ObsNormalizer, adapter_in_z, observation_threat
+from .threat import ObsNormalizer, adapter_in_z, observation_threat, to_raw
 
 
 # ============================================================================================ inner attacks
-class PassCounter:
-    """Extra forward / backward passes spent on attacks, in sample-passes (one observation through the net)."""
-
-    def __init__(self) -> None:
-        self.forward = 0
-        self.backward = 0
-
-    def add(self, n: int, forward: int, backward: int) -> None:
-        self.forward += n * forward
-        self.backward += n * backward
-
-    def state_dict(self) -> dict[str, int]:
-        return {"forward": self.forward, "backward": self.backward}
-
-    def load_state_dict(self, d: dict[str, int]) -> None:
-        self.forward, self.backward = int(d["forward"]), int(d["backward"])
-
-
-def _detached(dist: D.Distribution, discrete: bool) -> D.Distribution:
-    if discrete:
-        return D.Categorical(logits=dist.logits.detach())
-    return D.Normal(dist.mean.detach(), dist.stddev.detach())
-
-
-def _kl(clean: D.Distribution, adv: D.Distribution) -> torch.Tensor:
-    kl = D.kl_divergence(clean, adv)
-    return kl if kl.dim() == 1 else kl.sum(-1)
-
-
-def default_step_size(threat: ThreatModel, steps: int) -> float:
-    """2.5 * eps / steps (Madry et al.): enough to cross the ball and come back."""
-    return 2.5 * threat.eps_scalar / max(1, steps)
-
-
-def mad_pgd(adapter: PolicyAdapter, z: torch.Tensor, threat: ThreatModel, steps: int = 5,
-            step_size: Optional[float] = None, generator: Optional[torch.Generator] = None,
-            counter: Optional[PassCounter] = None) -> torch.Tensor:
-    """MAD-style PGD in z-space: maximise ``KL(pi(.|z) || pi(.|z_adv))`` over the threat ball around ``z``.
-
-    ``adapter`` sees z-space inputs (:func:`adapter_in_z`); call it under ``adapter.frozen()`` when the
-    parameters must not collect gradients. Starts at a random point of the ball (the KL's gradient vanishes at
-    ``z`` itself). Returns ``z_adv`` (detached), inside the ball by construction."""
-    z = z.detach()
-    if threat.eps_scalar == 0 or steps <= 0:
-        return z.clone()
-    size = default_step_size(threat, steps) if step_size is None else step_size
-    with torch.no_grad():
-        clean = _detached(adapter.distribution(z), adapter.discrete)
-    z_adv = threat.random_init(z, generator)
-    for _ in range(steps):
-        z_adv.requires_grad_(True)
-        loss = _kl(clean, adapter.distribution(z_adv)).sum()
-        (grad,) = torch.autograd.grad(loss, z_adv)
-        z_adv = threat.project(threat.step(z_adv.detach(), grad, size), z)
-    if counter is not None:
-        counter.add(len(z), steps + 1, steps)
-    return z_adv.detach()
-
-
-def critic_pgd(adapter: PolicyAdapter, z: torch.Tensor, threat: ThreatModel, steps: int = 5,
-               step_size: Optional[float] = None, generator: Optional[torch.Generator] = None,
-               counter: Optional[PassCounter] = None) -> torch.Tensor:
-    """Critic attack in z-space: PGD minimising the agent's own value estimate ``V(z_adv)`` (the state looks
-    worse than it is, as in Pattanaik et al.'s value-based attack, with V standing in for Q)."""
-    if adapter.value is None:
-        raise ValueError("the critic attack needs an agent with a value function (SB3 PPO/A2C has one)")
-    z = z.detach()
-    if threat.eps_scalar == 0 or steps <= 0:
-        return z.clone()
-    size = default_step_size(threat, steps) if step_size is None else step_size
-    z_adv = threat.random_init(z, generator)
-    for _ in range(steps):
-        z_adv.requires_grad_(True)
-        (grad,) = torch.autograd.grad(-adapter.value(z_adv).sum(), z_adv)
-        z_adv = threat.project(threat.step(z_adv.detach(), grad, size), z)
-    if counter is not None:
-        counter.add(len(z), steps, steps)
-    return z_adv.detach()
-
-
 INNER_ATTACKS: dict[str, Callable[..., torch.Tensor]] = {"mad": mad_pgd, "critic": critic_pgd}
 
 
 def to_observation(z_adv: torch.Tensor, obs: np.ndarray, normalizer: ObsNormalizer, threat: ThreatModel) -> np.ndarray:
-    """Raw observations (in ``obs``'s dtype) for ``z_adv``, still inside the threat after rounding.
+    """Raw observations (in ``obs``'s dtype and shape) for ``z_adv``, still inside the threat after rounding
+    (:func:`~.threat.to_raw`)."""
+    return to_raw(normalizer, threat, z_adv, obs).numpy()
 
-    Rounding ``from_z(z_adv)`` to float32 can move a coordinate a hair past the ball's edge: such rows are
-    nudged one ulp at a time towards the clean observation, and a row that still does not fit (never seen)
-    falls back to the clean one. The guarantee: ``threat.contains(to_z(result), to_z(obs), atol=0)``, with
-    ``to_z`` evaluated in float64."""
-    clean = torch.as_tensor(obs)
-    z = normalizer.to_z(clean.double())
-    raw = normalizer.from_z(z_adv.double()).to(clean.dtype)
-    for _ in range(8):
-        bad = ~threat.contains(normalizer.to_z(raw.double()), z, atol=0.0)
-        if not bad.any():
-            return raw.numpy()
-        raw = torch.where(bad[:, None], torch.nextafter(raw, clean), raw)
-    bad = ~threat.contains(normalizer.to_z(raw.double()), z, atol=0.0)
-    return torch.where(bad[:, None], clean, raw).numpy()
+
+def flat_z(normalizer: ObsNormalizer, obs: Any) -> torch.Tensor:
+    """``(n, d)`` float64 z-units of a batch of observations of any shape (flattened row-major)."""
+    x = torch.as_tensor(np.asarray(obs) if not torch.is_tensor(obs) else obs).double()
+    return normalizer.to_z(x.reshape(x.shape[0], -1))
 
 
 def action_perturbation(z: torch.Tensor, action: Any, threat: ThreatModel) -> torch.Tensor:
@@ -235,8 +148,8 @@ class SAPPO(PPO):
         parameters; the maximiser is found by PGD with the parameters frozen."""
         normalizer, threat = self.sa_threat(eps)
         adapter = adapter_in_z(PolicyAdapter.from_sb3(self), normalizer)
-        z = normalizer.to_z(obs.float()).detach()
-        counter = PassCounter()
+        z = normalizer.to_z(obs.float().reshape(len(obs), -1)).detach()
+        counter = AttackPasses()
         with adapter.frozen():
             z_adv = mad_pgd(adapter, z, threat, self.sa_steps, self.sa_step_size, self.sa_generator, counter)
         kl = adapter.kl(z, z_adv).mean()
@@ -328,10 +241,10 @@ class PolicyAttack:
         self.attack = INNER_ATTACKS[attack]
         self.steps, self.step_size = steps, step_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.counter = PassCounter()
+        self.counter = AttackPasses()
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        z = self.normalizer.to_z(torch.as_tensor(obs).double())
+        z = flat_z(self.normalizer, obs)
         adapter = adapter_in_z(PolicyAdapter.from_sb3(self.model), self.normalizer)
         with adapter.frozen():
             z_adv = self.attack(adapter, z, self.threat, self.steps, self.step_size, self.generator, self.counter)
@@ -346,7 +259,7 @@ class AdversaryPerturbation:
         self.adversary, self.normalizer, self.threat, self.deterministic = adversary, normalizer, threat, deterministic
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        z = self.normalizer.to_z(torch.as_tensor(obs).double())
+        z = flat_z(self.normalizer, obs)
         action, _ = self.adversary.predict(z.float().numpy(), deterministic=self.deterministic)
         return to_observation(action_perturbation(z, action, self.threat), obs, self.normalizer, self.threat)
 
@@ -364,7 +277,7 @@ class AdversaryVecEnv(VecEnvWrapper):
         self._obs: Optional[np.ndarray] = None
 
     def _z(self, obs: np.ndarray) -> np.ndarray:
-        return self.normalizer.to_z(torch.as_tensor(obs).double()).float().numpy()
+        return flat_z(self.normalizer, obs).float().numpy()
 
     def reset(self) -> np.ndarray:
         self._obs = self.venv.reset()
@@ -372,7 +285,7 @@ class AdversaryVecEnv(VecEnvWrapper):
 
     def step_async(self, actions: np.ndarray) -> None:
         assert self._obs is not None, "reset the adversary env first"
-        z = self.normalizer.to_z(torch.as_tensor(self._obs).double())
+        z = flat_z(self.normalizer, self._obs)
         seen = to_observation(action_perturbation(z, actions, self.threat), self._obs, self.normalizer, self.threat)
         agent_actions, _ = self.agent.predict(seen, deterministic=False)
         self.venv.step_async(agent_actions)
@@ -669,6 +582,6 @@ def make_recipe(name: str, **options: Any) -> AgentRecipe:
 
 
 __all__ = ["ATLA", "AdversaryPerturbation", "AdversaryVecEnv", "AgentRecipe", "AttackedObs", "INNER_ATTACKS",
-           "ObservationAttackVecEnv", "PassCounter", "PolicyAttack", "RECIPES", "RunContext", "SAPPO",
+           "ObservationAttackVecEnv", "PolicyAttack", "RECIPES", "RunContext", "SAPPO",
            "SAPPORecipe", "Vanilla", "action_perturbation", "add_gradient", "critic_pgd", "get_recipe_class",
            "mad_pgd", "make_recipe", "recipe_options", "to_observation"]

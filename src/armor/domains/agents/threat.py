@@ -78,6 +78,28 @@ def observation_threat(normalizer: ObsNormalizer, norm: str, eps: float, low: An
     return ThreatModel(norm, eps, (side(low, -_BIG), side(high, _BIG)))
 
 
+def to_raw(normalizer: ObsNormalizer, threat: ThreatModel, z_adv: torch.Tensor, clean: Any) -> torch.Tensor:
+    """Raw observations for ``z_adv`` (a ``(n, d)`` batch in z-units around the raw batch ``clean``, of any
+    shape), in ``clean``'s dtype and shape, still inside the threat after rounding.
+
+    Rounding ``from_z(z_adv)`` to float32 can move a coordinate a hair past the ball's edge, by as much as one
+    ulp of the raw value over its scale (highway-env's "presence" feature: a constant 1 with the scale floored at
+    1e-3 turns one float32 ulp into 1e-4 z-units). Such rows are nudged one ulp at a time towards the clean
+    observation (which only shrinks the perturbation) and a row that still does not fit (never seen) falls back
+    to the clean one. The guarantee: ``threat.contains(to_z(result), to_z(clean), atol=0)`` in float64."""
+    clean = torch.as_tensor(np.asarray(clean) if not torch.is_tensor(clean) else clean)
+    flat = clean.reshape(clean.shape[0], -1)
+    z = normalizer.to_z(flat.double())
+    raw = normalizer.from_z(z_adv.detach().double()).to(flat.dtype)
+    for _ in range(8):
+        bad = ~threat.contains(normalizer.to_z(raw.double()), z, atol=0.0)
+        if not bad.any():
+            return raw.reshape(clean.shape)
+        raw = torch.where(bad[:, None], torch.nextafter(raw, flat), raw)
+    bad = ~threat.contains(normalizer.to_z(raw.double()), z, atol=0.0)
+    return torch.where(bad[:, None], flat, raw).reshape(clean.shape)
+
+
 def raw_eps(normalizer: ObsNormalizer, eps: float) -> list[float]:
     """The budget per raw observation dimension (linf): ``eps * scale``."""
     return [float(v) for v in eps * normalizer.scale]
@@ -93,4 +115,4 @@ def adapter_in_z(adapter: PolicyAdapter, normalizer: ObsNormalizer) -> PolicyAda
     return PolicyAdapter(distribution, value, adapter.discrete, adapter.module)
 
 
-__all__ = ["ObsNormalizer", "adapter_in_z", "observation_threat", "raw_eps"]
+__all__ = ["ObsNormalizer", "adapter_in_z", "observation_threat", "raw_eps", "to_raw"]

@@ -75,6 +75,11 @@ DEFAULT_PPO: dict[str, dict[str, Any]] = {
                     "gae_lambda": 0.8, "learning_rate": 1e-3, "ent_coef": 0.0, "clip_range": 0.2},
     "Pendulum-v1": {"n_envs": 4, "n_steps": 1024, "batch_size": 64, "n_epochs": 10, "gamma": 0.9,
                     "gae_lambda": 0.95, "learning_rate": 1e-3, "ent_coef": 0.0, "clip_range": 0.2},
+    # highway-env's own PPO example (batch 64, 10 epochs, lr 5e-4, gamma 0.8), with 64-64 networks: its 256-256
+    # ones learn no faster at the few thousand steps a demo can afford (the simulator runs ~40 steps/s).
+    "highway-fast-v0": {"n_envs": 4, "n_steps": 64, "batch_size": 64, "n_epochs": 10, "gamma": 0.8,
+                        "learning_rate": 5e-4, "ent_coef": 0.0, "clip_range": 0.2,
+                        "policy_kwargs": {"net_arch": [64, 64]}},
 }
 _RESERVED = {"policy", "env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model"}
 
@@ -99,8 +104,11 @@ def _check_env(env_id: str) -> tuple[Any, Any]:
     import gymnasium as gym
     from gymnasium import spaces
 
+    from .envs import check_observation_space, ensure_registered
+
     if not isinstance(env_id, str) or not env_id:
         raise ValueError(f"env must be a gymnasium environment id (a string), got {env_id!r}")
+    ensure_registered(env_id)
     try:
         env = gym.make(env_id)
     except gym.error.UnregisteredEnv as e:
@@ -111,9 +119,7 @@ def _check_env(env_id: str) -> tuple[Any, Any]:
         obs_space, act_space = env.observation_space, env.action_space
     finally:
         env.close()
-    if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
-        raise ValueError(f"{env_id}: the agents domain needs a flat Box observation space (a vector), got "
-                         f"{obs_space}")
+    check_observation_space(obs_space, f"environment {env_id!r}")
     if not isinstance(act_space, (spaces.Discrete, spaces.Box)):
         raise ValueError(f"{env_id}: actions must be Discrete or Box for SB3 PPO, got {act_space}")
     return obs_space, act_space
@@ -136,6 +142,12 @@ def estimate_normalizer(env_id: str, steps: int, seed: int) -> ObsNormalizer:
     finally:
         env.close()
     return ObsNormalizer.from_observations(np.stack(xs))
+
+
+def default_normalizer(env_id: str, seed: int, steps: int = 2000) -> ObsNormalizer:
+    """The normaliser a run of seed ``seed`` estimates when none is given (:func:`estimate_normalizer` on a
+    seed derived from the run's)."""
+    return estimate_normalizer(env_id, steps, _seed32(seed, "agents", "normalizer"))
 
 
 def _ppo_settings(env_id: str, ppo: Optional[dict[str, Any]], what: str = "ppo") -> dict[str, Any]:
@@ -225,8 +237,8 @@ class _Run:
         self.ppo, self.adv_ppo = ppo, adv_ppo
         self.normalizer, self.normalizer_source = normalizer, normalizer_source
         self.checkpoint_every = checkpoint_every
-        low = [float(v) for v in np.asarray(obs_space.low, dtype=np.float64)]
-        high = [float(v) for v in np.asarray(obs_space.high, dtype=np.float64)]
+        low = [float(v) for v in np.asarray(obs_space.low, dtype=np.float64).reshape(-1)]
+        high = [float(v) for v in np.asarray(obs_space.high, dtype=np.float64).reshape(-1)]
         rollout = {"agent": _rollout(ppo)}
         if adv_ppo is not None:
             rollout["adversary"] = _rollout(adv_ppo)
@@ -466,7 +478,7 @@ def train_agent(env_id: str, recipe: str = "vanilla", *, eps: float, norm: str =
     if "adversary" in rec.roles:
         adv_settings = _ppo_settings(env_id, {**(ppo or {}), **(getattr(rec, "adv_ppo", None) or {})}, "adv_ppo")
     out = Path(out_dir)
-    d = obs_space.shape[0]
+    d = int(np.prod(obs_space.shape))
 
     meta: Optional[dict[str, Any]] = None
     if resume:
@@ -487,7 +499,7 @@ def train_agent(env_id: str, recipe: str = "vanilla", *, eps: float, norm: str =
     elif normalizer is not None:
         source = "given"
     else:
-        normalizer = estimate_normalizer(env_id, normalizer_steps, _seed32(seed, "agents", "normalizer"))
+        normalizer = default_normalizer(env_id, seed, normalizer_steps)
         source = f"random-policy rollout of {normalizer_steps} steps (mean, std floored at 1e-3)"
     if normalizer.mean.numel() != d:
         raise ValueError(f"the normaliser has {normalizer.mean.numel()} dimensions, {env_id} observes {d}")
@@ -555,5 +567,6 @@ def load_adversary(run_dir: PathLike) -> Any:
     return PPO.load(run_dir / name, device="cpu")
 
 
-__all__ = ["ADVERSARY", "AgentRun", "CHECKPOINT", "DEFAULT_PPO", "METADATA", "MODEL", "SAPPO", "estimate_normalizer",
+__all__ = ["ADVERSARY", "AgentRun", "CHECKPOINT", "DEFAULT_PPO", "METADATA", "MODEL", "SAPPO", "default_normalizer",
+           "estimate_normalizer",
            "load_adversary", "load_agent", "read_metadata", "train_agent"]

@@ -5,6 +5,10 @@ An agents run directory is written by :func:`armor.domains.agents.train.train_ag
 
     clean_return, robust_return          medians over the evaluation episodes (robust: per-episode worst case)
     clean / worst / per_attack           {median, iqr, mean, std, min, max, failure share} per attack
+    failure                              the environment's failure rule and label (highway-env: "crash rate")
+                                         and the share of failed episodes clean, per attack and in the worst case
+    filmstrip                            which episode and attack the report's frames show (the frames are in
+                                         artifacts.npz), or a note saying why there are none
     curve, curve_area                    median worst-case return vs eps (normalised units) and its area
     threat                               {norm, eps, eps_unit: "normalised observation units"}, raw_eps beside it
     n                                    episodes; cost: environment steps and wall time
@@ -68,8 +72,10 @@ def evaluate(run_dir: Path, options: dict[str, Any], *,
     case, a return-vs-eps curve; options: eps, norm, n (episodes), seed, suite (attack names), eps_grid."""
     import time
 
+    from .attacks import make_attack
     from .envs import obs_bounds, make_env
     from .evaluate import DEFAULT_SUITE, evaluate_agent, return_curve
+    from .filmstrip import record_filmstrip
     from .threat import observation_threat, raw_eps
     from .train import load_agent
 
@@ -92,7 +98,8 @@ def evaluate(run_dir: Path, options: dict[str, Any], *,
         env.close()
     threat = observation_threat(normalizer, norm, eps, low, high)
     say(f"episodes under {', '.join(attacks)} at eps {eps:g}")
-    ev = evaluate_agent(adapter, env_id, normalizer, threat, attacks, episodes=episodes, seed=seed)
+    suite = {a: make_attack(a) for a in attacks}  # kept: the filmstrip replays an episode with the fitted ones
+    ev = evaluate_agent(adapter, env_id, normalizer, threat, suite, episodes=episodes, seed=seed)
     summary = ev.summary()
     entry: dict[str, Any] = {
         "domain": "agents", "name": Path(run_dir).name, "env": env_id, "run_dir": str(run_dir),
@@ -103,6 +110,24 @@ def evaluate(run_dir: Path, options: dict[str, Any], *,
         "clean": summary["clean"], "worst": summary["worst"], "per_attack": summary["attacks"],
         "episodes": ev.to_dict(), "train_seconds": meta.get("train_seconds"), "env_steps": meta.get("env_steps"),
     }
+    failure = failure_entry(ev, summary)
+    if failure:
+        entry["failure"] = failure
+    artifacts: dict[str, Any] = {}
+    if options.get("filmstrip", True) and attacks:
+        # the strongest attack: lowest median return, then most failures, then suite order
+        def strength(a: str) -> tuple:
+            st = summary["attacks"][a]
+            return st["median"], -st.get("failure_share", 0.0), attacks.index(a)
+
+        strongest = min(attacks, key=strength)
+        say(f"filmstrip of episode {seed}, clean and under {strongest}")
+        artifacts, film = record_filmstrip(adapter, env_id, normalizer, threat,
+                                           {"clean": None, strongest: suite[strongest]}, seed=seed,
+                                           failure_key=ev.failure_key,
+                                           lengths={"clean": ev.lengths["clean"][0],
+                                                    strongest: ev.lengths[strongest][0]})
+        entry["filmstrip"] = {"attack": strongest, **film}
     grid = options.get("eps_grid") or ([0.0, eps / 2, eps, 2 * eps] if eps > 0 else None)
     if grid and options.get("curve", True):
         say("return vs eps")
@@ -114,7 +139,20 @@ def evaluate(run_dir: Path, options: dict[str, Any], *,
         entry["curve"] = [{"eps": e, "robust_return": w} for e, w in zip(curve["eps"], curve["curves"]["worst"])]
         entry["curve_area"] = curve["area"]["worst"]
     entry["eval_seconds"] = {"total": round(time.perf_counter() - t0, 3)}
-    return entry, {}
+    return entry, artifacts
+
+
+def failure_entry(ev: Any, summary: dict) -> Optional[dict]:
+    """The share of failed episodes (the environment's :class:`~.evaluate.Task`: a crash in highway-env, a
+    return below 195 on CartPole) clean, per attack and in the worst case, or None if the task defines none."""
+    from .evaluate import Task
+
+    if "failure_share" not in summary["clean"]:
+        return None
+    return {"label": ev.failure_label, "rule": Task(ev.threshold, ev.failure_key).rule(),
+            "clean": summary["clean"]["failure_share"],
+            "worst": (summary.get("worst") or {}).get("failure_share"),
+            "per_attack": {a: st.get("failure_share") for a, st in summary["attacks"].items()}}
 
 
 def validate(name: str, entry: dict, where: str) -> None:
@@ -156,9 +194,22 @@ def summary(models: dict) -> tuple[str, list[str], list[list[str]]]:
         return f"{stats['median']:.1f}" + (f" [{iqr[0]:.0f}, {iqr[1]:.0f}]" if iqr else "")
 
     rows = [[name, cell(m.get("clean")), cell(m.get("worst")),
-             *[cell((m.get("per_attack") or {}).get(a)) for a in attacks],
-             str(m.get("env_steps") or "-"), f"{m.get('train_seconds') or 0:.1f}"] for name, m in models.items()]
-    return title, ["agent", "clean", "worst case", *attacks, "env steps", "train s"], rows
+             *[cell((m.get("per_attack") or {}).get(a)) for a in attacks]] for name, m in models.items()]
+    head = ["agent", "clean", "worst case", *attacks]
+    label = next((m["failure"]["label"] for m in models.values() if m.get("failure")), None)
+    if label:  # the failure share (highway-env: crash rate) clean, in the worst case and per attack
+        def share(v: Any) -> str:
+            return "-" if v is None else f"{100 * v:.0f}%"
+
+        head += [f"{label}: clean", "worst case", *attacks]
+        for row, m in zip(rows, models.values()):
+            f = m.get("failure") or {}
+            row += [share(f.get("clean")), share(f.get("worst")), *[share((f.get("per_attack") or {}).get(a))
+                                                                    for a in attacks]]
+    head += ["env steps", "train s"]
+    for row, m in zip(rows, models.values()):
+        row += [str(m.get("env_steps") or "-"), f"{m.get('train_seconds') or 0:.1f}"]
+    return title, head, rows
 
 
 WORKFLOW = Workflow(train=train, evaluate=evaluate, options=OPTIONS, validate=validate,
