@@ -372,6 +372,9 @@ def evaluate(
     extras: Annotated[bool, typer.Option(help="Also measure the curve, calibration, shift, saliency and masking checks.")] = True,
     out: Annotated[Optional[Path], typer.Option(help="Directory for results.json (default RUN_DIR/eval).")] = None,
     resume: Annotated[bool, typer.Option(help="Checkpoint the worst-case evaluation in OUT (one state per model, data, threat and seed) and resume a killed run from it.")] = True,
+    certify: Annotated[str, typer.Option(help="Certified lower bound next to the attacked upper bound: auto (crown-ibp for models bound propagation supports, mlp and small-cnn; none otherwise), none, ibp, crown-ibp, crown (tightest, about 1 s per uncertified 28x28 point) or smoothing (randomized smoothing: certifies the smoothed classifier, not the model).")] = "auto",
+    sigma: Annotated[Optional[float], typer.Option(help="--certify smoothing: noise level (default: the sigma the run trained with).")] = None,
+    smoothing_n: Annotated[int, typer.Option(help="--certify smoothing: noise samples per point (Cohen et al.: 100000; n0 = 100, alpha = 0.001).")] = 100_000,
     threads: ThreadsOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
 ) -> None:
@@ -397,6 +400,14 @@ def evaluate(
     _check_n(n)
     if batch_size < 1:
         fail(f"--batch-size must be a positive number of points, got {batch_size}")
+    from .measure import CERTIFY_METHODS
+
+    if certify not in ("auto", "none") + CERTIFY_METHODS:
+        fail(f"--certify must be one of auto, none, {', '.join(CERTIFY_METHODS)}, got {certify!r}")
+    if smoothing_n < 1:
+        fail(f"--smoothing-n must be a positive number of samples, got {smoothing_n}")
+    if sigma is not None and not sigma > 0:
+        fail(f"--sigma must be > 0 (the noise's standard deviation in input units), got {sigma}")
     out = _out(writable_dir, out or run_dir / "eval", "evaluation")
     run = _run(run_dir)
     if run.metadata.get("domain") is not None:  # a workflow domain's run (agents: episodes and returns)
@@ -405,12 +416,21 @@ def evaluate(
         return
     with _Display(quiet) as display:
         try:
+            method = None if certify == "none" else certify
+            if certify == "auto":
+                from .measure import certify_default
+
+                model = run.model()
+                method, why = certify_default(model, getattr(model, "input_shape", None) or
+                                              run.metadata["architecture"]["input_shape"])
+                display.line(why)
             entry, art = measure_run(run_dir, norm=norm.value if norm else None, eps=eps, dataset=dataset,
                                      data_dir=str(data_dir) if data_dir else None, n=n, suite=suite, eps_grid=grid,
                                      batch_size=batch_size, seed=seed, calibration=extras, shift=extras,
                                      interpret=extras, masking=extras,
                                      state_path=out if resume else None, threads=threads,
-                                     progress=_eval_progress(display, batch_size))
+                                     progress=_eval_progress(display, batch_size), certify=method,
+                                     smoothing={"sigma": sigma, "n": smoothing_n})
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
         display.close()
@@ -482,7 +502,16 @@ def _print_eval(result: dict) -> None:
         own = "" if rec.get("accuracy") is None else f"{rec['accuracy']:.2%}"
         table.add_row(escape(name), own, f"{rec['cumulative_accuracy']:.2%}", str(rec["n"]), f"{rec['seconds']:.1f}")
     table.add_row("[bold]worst case[/]", f"[bold]{result['robust_accuracy']:.2%}[/]", "", "", f"{result['seconds']:.1f}")
+    cert = result.get("certificate") or {}
+    if result.get("certified_accuracy") is not None:
+        whose = "" if cert.get("classifier", "model") == "model" else f", {cert['classifier']} classifier"
+        table.add_row(escape(f"certified ({cert.get('method')}{whose})"), f"{result['certified_accuracy']:.2%}", "",
+                      str(cert.get("n", "")), f"{cert.get('seconds', 0):.1f}")
     console.print(table)
+    if result.get("certified_accuracy") is not None and cert.get("classifier", "model") == "model":
+        console.print(escape(f"robust accuracy is between {result['certified_accuracy']:.2%} (certified, "
+                             f"{cert.get('method')}) and {result['robust_accuracy']:.2%} (the strongest attack found): "
+                             f"a gap of {(result['robust_accuracy'] - result['certified_accuracy']) * 100:.1f} points"))
 
 
 
@@ -495,6 +524,7 @@ def check(
     model: Annotated[Optional[str], typer.Option(help="Which model of a multi-model results file to gate (default: the hardened one).")] = None,
     norm: Annotated[Optional[NormOpt], typer.Option(help="Fail unless the results were measured under this norm.")] = None,
     eps: Annotated[Optional[float], typer.Option(help="Fail unless the results were measured at this eps (in the dataset's eps unit).")] = None,
+    min_certified_accuracy: Annotated[Optional[float], typer.Option(help="Fail below this certified accuracy (0..1), the lower bound `armor evaluate --certify` records.")] = None,
     **gate_floors: Optional[float],
 ) -> None:
     """CI gate: exit 1, naming model, threat, figure and bound, when a figure misses its bound; exit 2 when the
@@ -505,13 +535,14 @@ def check(
 
     gates = workflow_gates()
     floors = {gates[name.replace("_", "-")][0]: v for name, v in gate_floors.items() if v is not None}
-    if min_robust_accuracy is None and max_clean_drop is None and not floors:
-        fail("nothing to check: pass --min-robust-accuracy, --max-clean-drop or a domain's gate ("
-             + ", ".join(f"--min-{g}" for g in gates) + ")")
+    if min_robust_accuracy is None and max_clean_drop is None and min_certified_accuracy is None and not floors:
+        fail("nothing to check: pass --min-robust-accuracy, --min-certified-accuracy, --max-clean-drop or a domain's "
+             "gate (" + ", ".join(f"--min-{g}" for g in gates) + ")")
     for name, v in gate_floors.items():
         if v is not None and not math.isfinite(v):
             fail(f"--min-{name.replace('_', '-')} must be a finite number, got {v}")
-    for v, flag in ((min_robust_accuracy, "--min-robust-accuracy"), (max_clean_drop, "--max-clean-drop")):
+    for v, flag in ((min_robust_accuracy, "--min-robust-accuracy"), (max_clean_drop, "--max-clean-drop"),
+                    (min_certified_accuracy, "--min-certified-accuracy")):
         if v is not None and not (math.isfinite(v) and 0 <= v <= 1):
             fail(f"{flag} must be a fraction in [0, 1], got {v}")
     if eps is not None and not (math.isfinite(eps) and eps >= 0):
@@ -521,7 +552,9 @@ def check(
         data = load_results(results)
         base = load_results(baseline) if baseline else None
         failures = run_check(data, min_robust_accuracy, max_clean_drop, base, model,
-                             norm=norm.value if norm else None, eps=eps, passes=passes, floors=floors)
+                             norm=norm.value if norm else None, eps=eps, passes=passes,
+                             floors={**({} if min_certified_accuracy is None
+                                        else {"certified_accuracy": min_certified_accuracy}), **floors})
     except ValueError as e:
         fail(str(e))
     for line in passes:

@@ -96,7 +96,8 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
             eps_grid: Optional[Sequence[float]] = None, curve_suite: str = "fast",
             calibration: bool = True, shift: bool = True, interpret: bool = True, masking: bool = True,
             masking_n: int = 300, attack_kwargs: Optional[dict[str, dict[str, Any]]] = None, seed: int = 0,
-            batch_size: int = 500, state_path: Any = None, progress: Progress = None) -> tuple[dict, dict]:
+            batch_size: int = 500, state_path: Any = None, progress: Progress = None,
+            certify: Optional[str] = None, smoothing: Optional[dict[str, Any]] = None) -> tuple[dict, dict]:
     """Measure ``model`` under ``threat`` on ``data`` (``(x, y)`` or a Dataset).
 
     Arguments:
@@ -113,6 +114,10 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
             every measurement is done, since nothing is left to resume.
         progress: a :class:`MeasureProgress` (stages, every attack batch of the worst case, every curve budget)
             or a callable ``progress(message)`` that hears the stage names; nothing is printed otherwise.
+        certify: a certified lower bound next to the attacked upper bound (:func:`certify_entry`): ``"ibp"``,
+            ``"crown-ibp"`` or ``"crown"`` (bound propagation: the model itself, also at every eps of the curve),
+            ``"smoothing"`` (the smoothed classifier, with ``smoothing`` = ``{"sigma", "n0", "n", "alpha"}``),
+            ``None`` (no certificate).
     The thread count is torch's current one: pick it with :func:`armor.threads.use_threads` (what
     ``armor evaluate --threads`` does), e.g. ``with use_threads("auto", model): measure(...)``.
     Returns:
@@ -126,7 +131,10 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
     grid = metrics.check_eps_grid(eps_grid) if eps_grid is not None else None
     switches = {"shift": shift, "interpret": interpret, "calibration": calibration, "masking": masking}
     extra = [m for m in measurements if m.option is None or switches.get(m.option, True)]
+    if certify is not None and certify not in CERTIFY_METHODS:
+        raise ValueError(f"unknown certify method {certify!r}: choose one of {', '.join(CERTIFY_METHODS)}")
     stages = (["worst-case evaluation"] + (["curve"] if threat.eps_scalar > 0 else [])
+              + (["certified bounds"] if certify else [])
               + (["calibration"] if calibration else []) + [m.name for m in extra] + (["masking"] if masking else []))
 
     def announce(key: str) -> None:
@@ -151,6 +159,10 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
         entry["curve"] = timed("curve", lambda: metrics.robustness_curve(
             model, x, y, threat, grid if grid is not None else metrics.default_eps_grid(threat.eps_scalar),
             suite=curve_suite, batch_size=batch_size, seed=seed, progress=hooks.curve_point))
+    if certify:
+        timed("certified bounds", lambda: entry.update(certify_entry(
+            model, x, y, threat, certify, result.robust, curve=entry.get("curve"), smoothing=smoothing,
+            seed=seed)))
     if calibration:
         entry["calibration"] = timed("calibration", lambda: metrics.calibration_report(
             model, x, y, threat, batch_size=batch_size, seed=seed))  # its own PGD: robust points count at their worst iterate
@@ -170,6 +182,79 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
     if result.state_file is not None and result.state_file.exists():
         result.state_file.unlink()
     return entry, artifacts
+
+
+CERTIFY_METHODS = ("ibp", "crown-ibp", "crown", "smoothing")
+
+
+def certify_entry(model: nn.Module, x: Any, y: Any, threat: ThreatModel, method: str, robust: Any, *,
+                  curve: Optional[list[dict[str, Any]]] = None, smoothing: Optional[dict[str, Any]] = None,
+                  seed: int = 0) -> dict[str, Any]:
+    """``certified_accuracy`` and ``certificate`` for a results.json entry (and ``certified_accuracy`` in every
+    point of ``curve``, which it changes in place, for bound propagation).
+
+    Bound propagation certifies the model itself, so its certified points must all have survived the attacks
+    (``robust``: the worst case's per-point flags): a point certified and broken means an unsound bound, and
+    this raises ``RuntimeError`` rather than report it. Smoothing certifies the smoothed classifier, a different
+    classifier from the attacked one: its figure is not a lower bound on the attacked model's robust accuracy,
+    and ``certificate.classifier`` says so.
+    """
+    from .. import certify as cert
+
+    if method == "smoothing":
+        opts = {"n0": 100, "n": 100_000, "alpha": 0.001, **(smoothing or {})}
+        if opts.get("sigma") is None:
+            raise ValueError("smoothing needs the noise level sigma: pass --sigma (the model's gaussian / smoothadv "
+                             "training sets it by default)")
+        found = cert.smoothed_certify(model, x, float(opts["sigma"]), n0=int(opts["n0"]), n=int(opts["n"]),
+                                      alpha=float(opts["alpha"]), seed=seed)
+        need = cert.smoothing_radius(threat, int(x[0].numel()))
+        top = max(2 * need, float(found.radius.max()) if len(found.radius) else 0.0, 1e-12)
+        radii = [top * i / 10 for i in range(11)]
+        accuracy = float(found.certified(y, need).double().mean())
+        return {"certified_accuracy": accuracy, "certificate": {
+            "method": "smoothing", "classifier": f"smoothed (sigma={found.sigma:g})", "n": len(y),
+            "seconds": found.seconds, "sigma": found.sigma, "n0": found.n0, "n_samples": found.n,
+            "alpha": found.alpha, "l2_radius_needed": need, "abstained": float((found.prediction < 0).double().mean()),
+            "smoothed_clean_accuracy": float((found.prediction == y.cpu()).double().mean()),
+            "radius_curve": found.accuracy_at(y, radii)}}
+    found = cert.certify(model, x, y, threat, method)
+    broken = int((found.certified & ~robust.cpu()).sum()) if robust is not None else 0
+    if broken:
+        raise RuntimeError(f"{broken} point(s) certified by {method} were broken by an attack: the bound is unsound "
+                           "(a bug in armor.certify: please report it with the model)")
+    out: dict[str, Any] = {"certified_accuracy": found.accuracy, "certificate": {
+        "method": method, "classifier": "model", "n": len(y), "seconds": found.seconds,
+        "certified_and_broken": broken}}
+    if curve:
+        grid = [p["eps"] for p in curve]
+        for point, c in zip(curve, cert.bound_curve(model, x, y, threat, grid, method)):
+            if c["certified_accuracy"] > point["robust_accuracy"] + 1e-12:
+                raise RuntimeError(f"at eps {point['eps']:g} {method} certified {c['certified_accuracy']:.4f} of the "
+                                   f"points but the attacks left only {point['robust_accuracy']:.4f}: the bound is "
+                                   "unsound (a bug in armor.certify: please report it with the model)")
+            point["certified_accuracy"] = c["certified_accuracy"]
+    if robust is not None:
+        out["certificate"]["gap"] = float(robust.double().mean()) - found.accuracy
+    return out
+
+
+def certify_default(model: nn.Module, input_shape: Sequence[int]) -> tuple[Optional[str], str]:
+    """What ``armor evaluate --certify auto`` does: ``("crown-ibp", why)`` for a model bound propagation can
+    bound, ``(None, why not)`` otherwise.
+
+    CROWN-IBP as the default: the cascade IBP -> CROWN-IBP takes about a second per hundred points on armor's
+    small models and is tight for certifiably trained ones; full CROWN is tighter on undefended models but costs
+    about a second per uncertified point on a 28x28 small-cnn (ask for it with --certify crown); smoothing
+    certifies another classifier and needs 100000 forward passes per point.
+    """
+    from ..certify import chain
+
+    try:
+        chain(model, input_shape)
+    except ValueError as e:
+        return None, f"no certified bound: {e}"
+    return "crown-ibp", "certified lower bound: crown-ibp (IBP, then CROWN-IBP on the points IBP left)"
 
 
 def add_cost(models: dict[str, dict[str, Any]]) -> None:
@@ -208,6 +293,11 @@ def measure_run(run_dir: Any, *, norm: Optional[str] = None, eps: Optional[float
     model = run.model()
     test = run.dataset("test", dataset, data_dir)
     threat = run.threat(norm, eps)
+    if kwargs.get("certify") == "smoothing":
+        smoothing = dict(kwargs.get("smoothing") or {})
+        if smoothing.get("sigma") is None:  # the sigma a gaussian / smoothadv run trained with
+            smoothing["sigma"] = ((run.metadata.get("recipe") or {}).get("params") or {}).get("sigma")
+        kwargs["smoothing"] = smoothing
     name = dataset or run.dataset_name
     per_call = min(len(test) if n is None else min(n, len(test)), kwargs.get("batch_size", 500))
     setting = use_threads(threads, model, batch=per_call) if threads is not None else contextlib.nullcontext()

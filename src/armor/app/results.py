@@ -1,7 +1,9 @@
 """results.json: the file organisations keep, compare across runs and gate CI on.
 
 One model's entry holds ``clean_accuracy``, ``robust_accuracy``, ``per_attack``, ``threat_model``, ``curve``,
-``calibration``, ``shift``, ``masking_flags``, ``train_seconds``, ``eval_seconds`` and ``n``. A file is
+``calibration``, ``shift``, ``masking_flags``, ``train_seconds``, ``eval_seconds`` and ``n``, and with a
+certificate ``certified_accuracy`` (a lower bound next to ``robust_accuracy``, the attacked upper bound; also in
+each ``curve`` point) and ``certificate`` (method, classifier, seconds, gap). A file is
 either one entry at the top level (``armor evaluate``) or ``{"models": {name: entry}, "claims": {...}}``
 (``armor demo``). Both carry ``schema`` and ``armor_version``.
 """
@@ -75,9 +77,34 @@ def validate_entry(name: str, entry: Any, where: str) -> None:
     for key in ("curve", "masking_flags"):
         if key in entry and not isinstance(entry[key], list):
             raise ValueError(f"{at}: {key} must be a list, got {entry[key]!r:.80}")
-    for key in ("calibration", "shift", "cost"):
+    for key in ("calibration", "shift", "cost", "certificate"):
         if entry.get(key) is not None and not isinstance(entry[key], dict):
             raise ValueError(f"{at}: {key} must be an object, got {entry[key]!r:.80}")
+    _validate_certificate(at, entry)
+
+
+def _validate_certificate(at: str, entry: dict[str, Any]) -> None:
+    """A certified accuracy of the model itself is a lower bound on its robust accuracy: it may never exceed what
+    the attacks left, overall or at any eps of the curve (a smoothing certificate is about another classifier)."""
+    if "certified_accuracy" not in entry:
+        return
+    _fraction(at, "certified_accuracy", entry["certified_accuracy"])
+    cert = entry.get("certificate") or {}
+    if not isinstance(cert.get("method"), str):
+        raise ValueError(f"{at}: certified_accuracy needs a certificate object naming its method; the file is "
+                         "damaged or was edited by hand: re-run `armor evaluate`")
+    if cert.get("classifier", "model") != "model":
+        return
+    if entry["certified_accuracy"] > entry["robust_accuracy"] + 1e-9:
+        raise ValueError(f"{at}: certified_accuracy {entry['certified_accuracy']:.4f} is above the attacked "
+                         f"robust_accuracy {entry['robust_accuracy']:.4f}, which no sound certificate can be: the file "
+                         "is damaged or was edited by hand: re-run `armor evaluate`")
+    for point in entry.get("curve") or []:
+        if isinstance(point, dict) and "certified_accuracy" in point:
+            _fraction(f"{at}, curve at eps {point.get('eps')!r}", "certified_accuracy", point["certified_accuracy"])
+            if _is_number(point.get("robust_accuracy")) and point["certified_accuracy"] > point["robust_accuracy"] + 1e-9:
+                raise ValueError(f"{at}: at eps {point.get('eps')!r} the curve's certified_accuracy is above its "
+                                 "robust_accuracy, which no sound certificate can be: re-run `armor evaluate`")
 
 
 def load_results(path: Path | str) -> dict[str, Any]:
@@ -186,8 +213,14 @@ def check(data: dict[str, Any], min_robust_accuracy: Optional[float] = None, max
             what = key.replace("_", " ")
             value = m.get(key)
             if not _is_number(value):
-                failures.append(f"{label}: has no {what} figure (this gate is for another kind of model)")
+                failures.append(f"{label}: has no certified accuracy: evaluate it with a certificate "
+                                "(`armor evaluate RUN --certify crown`)" if key == "certified_accuracy" else
+                                f"{label}: has no {what} figure (this gate is for another kind of model)")
                 continue
+            if key == "certified_accuracy":
+                cert = m.get("certificate") or {}
+                what = f"certified accuracy ({cert.get('method')}" + (
+                    f", of the {cert['classifier']} classifier)" if cert.get("classifier", "model") != "model" else ")")
             line = f"{label}: {what} {value:.4f} {'>=' if value >= floor else 'is below'} the floor {floor:.4f}"
             (held if value >= floor else failures).append(line)
         if max_clean_drop is not None:

@@ -164,6 +164,7 @@ def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[st
     threat = "; ".join(labels)
     attacked = {n: _attacked_label(m) for n, m in models.items() if m.get("calibration")}
     figs = {"attacks": plots.attack_bars(models, threat), "curves": plots.curves(models),
+            "radius": plots.radius_curves(models),
             "reliability": plots.reliability(models, attacked), "shift": plots.shift_bars(models)} if models else {}
     equipment = {n: m["equipment"] for n, m in models.items() if m.get("equipment")}
     if equipment:
@@ -195,7 +196,8 @@ def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[st
         verdicts={n: verdict_line(m) for n, m in models.items()}, attacked=attacked,
         attack_labels={n: {a: attack_label(a, m) for a in m.get("per_attack", {})} for n, m in models.items()},
         curve_suite=_curve_suite(models), methods=INTERVAL_METHODS, min_bin=plots.MIN_BIN,
-        random_cosine={n: _expected_random_cosine(it["dim"]) for n, it in interp.items() if it.get("dim")})
+        random_cosine={n: _expected_random_cosine(it["dim"]) for n, it in interp.items() if it.get("dim")},
+        certified={n: m for n, m in models.items() if m.get("certified_accuracy") is not None})
 
 
 def write_report(results: dict[str, Any], out: Path | str, artifacts: Optional[dict[str, dict[str, Any]]] = None,

@@ -79,20 +79,29 @@ def attack_bars(models: dict[str, dict[str, Any]], threat: str = "") -> str:
 
 
 def curves(models: dict[str, dict[str, Any]]) -> Optional[str]:
+    """Accuracy vs eps per model: the attacked curve (solid, 95% Wilson band) and, where the entry carries a
+    certificate of the model itself, the certified curve (dashed) with the gap between the two hatched."""
     plt = _plt()
     if not any(m.get("curve") for m in models.values()):
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     for i, (name, m) in enumerate(models.items()):
         pts = m.get("curve") or []
+        color = PALETTE[i % len(PALETTE)]
         if pts:
             eps = [p["eps"] for p in pts]
             acc = [p["robust_accuracy"] for p in pts]
-            ax.plot(eps, acc, "o-", ms=3, label=name, color=PALETTE[i % len(PALETTE)])
+            certified = [p.get("certified_accuracy") for p in pts]
+            ax.plot(eps, acc, "o-", ms=3, label=f"{name} (attacked)" if any(c is not None for c in certified)
+                    else name, color=color)
             band = [accuracy_interval(a, p.get("n", m.get("n"))) for a, p in zip(acc, pts)]
             if all(b is not None for b in band):
-                ax.fill_between(eps, [b[0] for b in band], [b[1] for b in band], color=PALETTE[i % len(PALETTE)],
-                                alpha=0.15, lw=0)
+                ax.fill_between(eps, [b[0] for b in band], [b[1] for b in band], color=color, alpha=0.15, lw=0)
+            if all(c is not None for c in certified):
+                method = (m.get("certificate") or {}).get("method", "certified")
+                ax.plot(eps, certified, "s--", ms=3, color=color, label=f"{name} (certified, {method})")
+                ax.fill_between(eps, certified, acc, facecolor="none", edgecolor=color, hatch="//", lw=0,
+                                alpha=0.5)
         train_eps = (m.get("threat_model") or {}).get("eps")
         if isinstance(train_eps, (int, float)) and i == 0:
             ax.axvline(train_eps, color="#9ca3af", ls="--", lw=1)
@@ -101,6 +110,27 @@ def curves(models: dict[str, dict[str, Any]]) -> Optional[str]:
     ax.set_xlabel("largest per-feature eps (raw feature units)" if per_feature else "eps (input units)")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(0, 1.08)
+    ax.legend(frameon=False, fontsize=8)
+    return to_data_uri(fig)
+
+
+def radius_curves(models: dict[str, dict[str, Any]]) -> Optional[str]:
+    """Randomized smoothing: certified accuracy of each smoothed classifier against the l2 radius."""
+    found = {n: (m.get("certificate") or {}) for n, m in models.items()}
+    found = {n: c for n, c in found.items() if c.get("radius_curve")}
+    if not found:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.0))
+    for i, (name, c) in enumerate(found.items()):
+        pts = c["radius_curve"]
+        ax.step([p["radius"] for p in pts], [p["certified_accuracy"] for p in pts], where="post",
+                color=PALETTE[i % len(PALETTE)], label=f"{name} ({c.get('classifier', 'smoothed')})")
+        if isinstance(c.get("l2_radius_needed"), (int, float)):
+            ax.axvline(c["l2_radius_needed"], color="#9ca3af", ls="--", lw=1)
+    ax.set_xlabel("certified l2 radius (input units)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0, 1.05)
     ax.legend(frameon=False, fontsize=8)
     return to_data_uri(fig)
 
