@@ -385,7 +385,7 @@ def test_each_attack_runs_once_on_its_own_stream(model, digits, monkeypatch):
     engine_correct_after = masking_module.correct_after
 
     def recording(model, attack, *args, stream, name, **kwargs):
-        runs.append((stream, name, attack.keywords))
+        runs.append((stream, name, getattr(attack, "keywords", {})))
         return engine_correct_after(model, attack, *args, stream=stream, name=name, **kwargs)
 
     monkeypatch.setattr(masking_module, "correct_after", recording)
@@ -394,4 +394,4 @@ def test_each_attack_runs_once_on_its_own_stream(model, digits, monkeypatch):
     assert set(r["checks"]) == set(MASKING_CHECKS)
     assert runs == [(1, "pgd", {"steps": 2}), (2, "pgd", {"steps": 3, "restarts": 1}),
                     (3, "square", {"n_queries": 5}), (10, "pgd", {"steps": 2}), (11, "pgd", {"steps": 2}),
-                    (4, "pgd", {"steps": 2})]
+                    (4, "pgd", {"steps": 2}), (5, "fgsm", {}), (6, "fab_t", {"steps": 10})]

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from ._core import (attack_mode, ce_loss, check_logits, default_generator, dlr_loss, get_loss, is_fooled,
                     loss_and_grad, margin_loss, prepare)
 from .cw import cw_l2
+from .fab import fab_t, fab_t_minimal, hyperplane_step
 from .gradient import apgd, apgd_t, fgsm, pgd
 from .square import square
 from ..plugins import contributions
@@ -40,10 +41,22 @@ ATTACKS: dict[str, AttackSpec] = {
     "apgd-dlr": AttackSpec(apgd, {"loss": "dlr", "steps": 100}, description="APGD with the DLR loss, 100 steps"),
     "apgd-t": AttackSpec(apgd_t, {"steps": 100, "n_target_classes": 9},
                          description="targeted APGD-DLR over the 9 most likely other classes"),
+    "apgd-ce-x5": AttackSpec(apgd, {"loss": "ce", "steps": 100, "restarts": 5},
+                             description="APGD-CE, 100 steps, 5 random restarts (AutoAttack+)"),
+    "apgd-dlr-x5": AttackSpec(apgd, {"loss": "dlr", "steps": 100, "restarts": 5},
+                              description="APGD-DLR, 100 steps, 5 random restarts (AutoAttack+)"),
+    "fab-t": AttackSpec(fab_t, {"steps": 100, "n_target_classes": 9},
+                        description="targeted FAB over the 9 most likely other classes, 100 steps, from the clean "
+                                    "point (Croce & Hein 2020)"),
+    "fab-t-10": AttackSpec(fab_t, {"steps": 10, "n_target_classes": 9},
+                           description="FAB-T with 10 steps per target: the clean-point start of FAB-T at a tenth "
+                                       "of its cost"),
     "cw-l2": AttackSpec(cw_l2, {}, description="Carlini & Wagner L2, binary search over c, then projected"),
     "square": AttackSpec(square, {"n_queries": 5000}, ("linf", "l2"),
                          "Square Attack, score-based black box, 5000 queries (Andriushchenko et al. 2020)", False),
     "square-1k": AttackSpec(square, {"n_queries": 1000}, ("linf", "l2"), "Square Attack with 1000 queries", False),
+    "square-x5": AttackSpec(square, {"n_queries": 5000, "restarts": 5}, ("linf", "l2"),
+                            "Square Attack, 5000 queries, 5 restarts (AutoAttack+)", False),
 }
 
 
@@ -68,5 +81,5 @@ def get_attack(name: str, **overrides: Any) -> AttackFn:
 
 
 __all__ = ["ATTACKS", "AttackSpec", "all_attacks", "apgd", "apgd_t", "attack_mode", "attack_spec", "ce_loss",
-           "check_logits", "cw_l2", "default_generator", "dlr_loss", "fgsm", "get_attack", "get_loss", "is_fooled",
-           "loss_and_grad", "margin_loss", "pgd", "prepare", "square"]
+           "check_logits", "cw_l2", "default_generator", "dlr_loss", "fab_t", "fab_t_minimal", "fgsm", "get_attack", "get_loss", "is_fooled",
+           "loss_and_grad", "hyperplane_step", "margin_loss", "pgd", "prepare", "square"]

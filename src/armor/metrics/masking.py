@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..attacks import pgd, square
+from ..attacks import fab_t, fgsm, pgd, square
 from ..threat import Norm, ThreatModel
 from ..engine import correct_after, model_device, predict_logits
 from .interpret import saliency
@@ -33,6 +33,8 @@ STREAM_WEAK_PGD = 1
 STREAM_STRONG_PGD = 2
 STREAM_SQUARE = 3
 STREAM_LARGE_EPS = 4
+STREAM_FGSM = 5  # the clean-start attacks draw no random numbers; their streams only keep them apart
+STREAM_FAB = 6
 STREAM_CURVE = 10  # + the index of the eps factor
 
 
@@ -129,6 +131,7 @@ class _Settings:
     strong_steps: int
     strong_restarts: int
     square_queries: int
+    clean_start_fab_steps: int
     tol: float
     more_iterations_tol: float
     black_box_noise_rate: float
@@ -187,6 +190,13 @@ class _Context:
         return {"weak_attack": f"pgd-{s.weak_steps}", "weak_accuracy": float(weak.double().mean()),
                 "strong_attack": f"pgd-{s.strong_steps} x {s.strong_restarts} restarts",
                 "strong_accuracy": float(strong.double().mean()), "clean_accuracy": self.clean_accuracy}
+
+    @functools.cached_property
+    def clean_start_correct(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per point: correct after FGSM from the clean point, and after FAB-T from the clean point."""
+        fg = self.correct_after(STREAM_FGSM, fgsm, self.threat)
+        fab = self.correct_after(STREAM_FAB, fab_t, self.threat, steps=self.s.clean_start_fab_steps)
+        return fg, fab
 
     @functools.cached_property
     def square_correct(self) -> torch.Tensor:
@@ -366,6 +376,48 @@ def _black_box_beats_white_box(ctx: _Context) -> Outcome:
         "or adaptive attacks (Square, BPDA, EOT)."))
 
 
+@_register("clean_start_beats_white_box", run_order=5, explanation="""
+    Attacks that start at the clean point (a single FGSM step, FAB-T) must not fool many points that PGD from
+    random starts, with many more steps, left correct. On an honest model the multi-step attacks find what a
+    single step finds; when the clean-start attacks alone fool more points than attack noise explains (the
+    binomial bound of black_box_beats_white_box), the gradient is honest at the clean inputs but misleads the
+    attacks a small step away (a loss surface shaped off the data, such as a boost between the data's grey
+    levels), and the multi-step attacks' robust accuracy overstates the model's.""")
+def _clean_start_beats_white_box(ctx: _Context) -> Outcome:
+    s = ctx.s
+    weak, strong = ctx.pgd_pair
+    fg, fab = ctx.clean_start_correct
+    clean_start = fg & fab
+    white = weak & strong
+    survivors = clean_start & white
+    only = int((~clean_start & white).sum())
+    fooled = int((ctx.clean_correct & ~survivors).sum())
+    n = int(white.numel())
+    acc_white = min(float(weak.double().mean()), float(strong.double().mean()))
+    worst = float(survivors.double().mean())
+    d = black_box_decision(only, fooled, noise_rate=s.black_box_noise_rate, min_points=s.black_box_min_points,
+                           alpha=s.black_box_alpha)
+    passed = not d["fires"]
+    evidence = {"fgsm_accuracy": float(fg.double().mean()), "fab_t_accuracy": float(fab.double().mean()),
+                "fab_t_steps": s.clean_start_fab_steps, "clean_start_accuracy": float(clean_start.double().mean()),
+                "white_box_accuracy": acc_white, "worst_case_accuracy": worst, "points": n,
+                "fooled_by_any_attack": fooled, "fooled_only_from_clean_start": only,
+                "share_of_fooled_only_from_clean_start": only / fooled if fooled else 0.0,
+                "noise_rate": s.black_box_noise_rate, "noise_bound": d["noise_bound"], "p_value": d["p_value"],
+                "alpha": s.black_box_alpha, "min_points": s.black_box_min_points,
+                "rule": d["rule"].replace("Square alone", "the clean-start attacks alone")}
+    return Outcome(passed, evidence, None if passed else (
+        f"Attacks from the clean point (one FGSM step, FAB-T with {s.clean_start_fab_steps} steps) fooled {only} "
+        f"points that both PGD attacks from random starts (PGD-{s.weak_steps}, PGD-{s.strong_steps} x "
+        f"{s.strong_restarts} restarts) left correct: {_pct(only / fooled)} of the {fooled} points any attack "
+        f"fooled (n = {n}); attack noise explains at most {d['noise_bound']} (binomial, p = {d['p_value']:.1g} <= "
+        f"{s.black_box_alpha:g}). The gradient is honest at the clean inputs but misleads the attacks a step "
+        f"away from them, so multi-step attacks overstate robustness: PGD leaves {_pct(acc_white)}, the worst case "
+        f"over these attacks is {_pct(worst)}, and the true robust accuracy may be lower still. Report the "
+        "standard suite's number (it includes FGSM and FAB-T from the clean point) as an upper bound, and look "
+        "for the cause: logits that depend on values between the data's levels, or a detector-style branch."))
+
+
 @_register("zero_gradients", run_order=1, explanation="""
     Many inputs have a (near-)zero loss gradient, from input quantisation or rounding, saturated softmax
     outputs or non-differentiable preprocessing: gradient attacks cannot move from them.""")
@@ -429,7 +481,8 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
                    eps_factors: Sequence[float] = (0.25, 0.5, 1.0, 1.5, 2.0), curve_steps: int = 20,
                    large_eps: Optional[float] = None, large_eps_steps: int = 100,
                    weak_steps: int = 10, strong_steps: int = 100, strong_restarts: int = 3,
-                   square_queries: int = 1000, tol: float = 0.03, more_iterations_tol: float = 0.1,
+                   square_queries: int = 1000, clean_start_fab_steps: int = 10, tol: float = 0.03,
+                   more_iterations_tol: float = 0.1,
                    black_box_noise_rate: float = BLACK_BOX_NOISE_RATE,
                    black_box_min_points: int = BLACK_BOX_MIN_POINTS, black_box_alpha: float = BLACK_BOX_ALPHA,
                    large_eps_max_accuracy: float = 0.05,
@@ -439,7 +492,8 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     """Run the gradient-masking checks on ``model`` under ``threat``; each failing check becomes a flag.
 
     Cost (defaults, ``n`` points): PGD-20 at each of ``eps_factors``, PGD-100 at the large eps, PGD-10,
-    PGD-100 x 3 restarts, Square with 1000 queries, one backward pass and two forward passes.
+    PGD-100 x 3 restarts, Square with 1000 queries, FGSM and FAB-T-10 from the clean point, one backward pass
+    and two forward passes.
 
     Arguments:
         model: returns logits. x, y: inputs in the threat's bounds and labels; the first ``n`` are used
@@ -452,6 +506,7 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
             Skipped for constrained threats, where immutable features can keep points correct at any eps.
         weak_steps / strong_steps, strong_restarts: the PGD pair compared by the iteration checks.
         square_queries: Square's query budget (linf and l2 only; skipped for l1).
+        clean_start_fab_steps: FAB-T's steps per target in the clean-start check (FGSM is one step).
         tol: allowed rise of accuracy with eps, and of the strong attack over the weak one.
         more_iterations_tol: flag when the strong attack is lower than the weak one by more than this.
         black_box_noise_rate, black_box_min_points, black_box_alpha: flag when Square alone (both PGD runs
@@ -484,7 +539,8 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         raise ValueError(f"black_box_alpha must be a number in (0, 1), got {black_box_alpha!r}")
     if isinstance(black_box_min_points, bool) or not isinstance(black_box_min_points, int) or black_box_min_points < 1:
         raise ValueError(f"black_box_min_points must be an integer >= 1, got {black_box_min_points!r}")
-    if min(weak_steps, strong_steps, strong_restarts, curve_steps, large_eps_steps, square_queries) < 1:
+    if min(weak_steps, strong_steps, strong_restarts, curve_steps, large_eps_steps, square_queries,
+           clean_start_fab_steps) < 1:
         raise ValueError("attack budgets (steps, restarts, queries) must be >= 1")
     if n is not None:
         if n < 1:
@@ -493,7 +549,8 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     settings = _Settings(
         curve=curve, eps_factors=eps_factors, curve_steps=curve_steps, large_eps=large_eps,
         large_eps_steps=large_eps_steps, weak_steps=weak_steps, strong_steps=strong_steps,
-        strong_restarts=strong_restarts, square_queries=square_queries, tol=tol,
+        strong_restarts=strong_restarts, square_queries=square_queries,
+        clean_start_fab_steps=clean_start_fab_steps, tol=tol,
         more_iterations_tol=more_iterations_tol, black_box_noise_rate=float(black_box_noise_rate),
         black_box_min_points=black_box_min_points, black_box_alpha=float(black_box_alpha),
         large_eps_max_accuracy=large_eps_max_accuracy, zero_grad_tol=zero_grad_tol,
