@@ -133,6 +133,8 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
     extra = [m for m in measurements if m.option is None or switches.get(m.option, True)]
     if certify is not None and certify not in CERTIFY_METHODS:
         raise ValueError(f"unknown certify method {certify!r}: choose one of {', '.join(CERTIFY_METHODS)}")
+    if certify == "smoothing" and (smoothing or {}).get("sigma") is None:
+        raise ValueError(SIGMA_NEEDED)
     stages = (["worst-case evaluation"] + (["curve"] if threat.eps_scalar > 0 else [])
               + (["certified bounds"] if certify else [])
               + (["calibration"] if calibration else []) + [m.name for m in extra] + (["masking"] if masking else []))
@@ -185,6 +187,8 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
 
 
 CERTIFY_METHODS = ("ibp", "crown-ibp", "crown", "smoothing")
+SIGMA_NEEDED = ("smoothing needs the noise level sigma: pass --sigma (a run trained with the gaussian or smoothadv "
+                "recipe uses its own by default)")
 
 
 def certify_entry(model: nn.Module, x: Any, y: Any, threat: ThreatModel, method: str, robust: Any, *,
@@ -204,8 +208,7 @@ def certify_entry(model: nn.Module, x: Any, y: Any, threat: ThreatModel, method:
     if method == "smoothing":
         opts = {"n0": 100, "n": 100_000, "alpha": 0.001, **(smoothing or {})}
         if opts.get("sigma") is None:
-            raise ValueError("smoothing needs the noise level sigma: pass --sigma (the model's gaussian / smoothadv "
-                             "training sets it by default)")
+            raise ValueError(SIGMA_NEEDED)
         found = cert.smoothed_certify(model, x, float(opts["sigma"]), n0=int(opts["n0"]), n=int(opts["n"]),
                                       alpha=float(opts["alpha"]), seed=seed)
         need = cert.smoothing_radius(threat, int(x[0].numel()))
