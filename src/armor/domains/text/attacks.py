@@ -75,15 +75,16 @@ class TargetModel:
             out.append(torch.softmax(self.model(ids, mask).float(), -1))
         return torch.cat(out)
 
-    def gradient_norms(self, tokens: Sequence[str], label: int) -> torch.Tensor:
-        """||d loss / d embedding|| at every position (one forward and backward pass, counted as one query)."""
-        self.queries += 1
-        ids, mask = pad_batch(self.vocab, [tokens])
+    def gradient_norms(self, token_lists: Sequence[Sequence[str]], labels: Sequence[int]) -> torch.Tensor:
+        """||d loss / d embedding|| at every position of every sentence: one forward and backward pass (the
+        sentences do not interact, so the gradient of the summed loss is each sentence's own)."""
+        ids, mask = pad_batch(self.vocab, token_lists)
         with torch.enable_grad():
             emb = self.model.embed(ids).detach().requires_grad_(True)
-            loss = nn.functional.cross_entropy(self.model.classify(emb, mask), torch.tensor([label]))
+            loss = nn.functional.cross_entropy(self.model.classify(emb, mask), torch.tensor(list(labels)),
+                                               reduction="sum")
             (grad,) = torch.autograd.grad(loss, emb)
-        return grad[0].norm(dim=-1)
+        return grad.norm(dim=-1)
 
 
 # =========================================================================================== transformations
@@ -107,15 +108,27 @@ def embedding_table() -> tuple[list[str], dict[str, int], torch.Tensor]:
     return words, {w: i for i, w in enumerate(words)}, mat
 
 
-@lru_cache(maxsize=65536)
-def _neighbours(word: str, k: int) -> tuple[str, ...]:
-    words, index, mat = embedding_table()
-    if word not in index:
-        return ()
-    cos = mat @ mat[index[word]]
-    cos[index[word]] = -1
-    top = torch.topk(cos, k)
-    return tuple(words[i] for c, i in zip(top.values.tolist(), top.indices.tolist()) if c >= NEIGHBOUR_MIN_COSINE)
+_NEIGHBOURS: dict[tuple[str, int], tuple[str, ...]] = {}
+
+
+def neighbours(words: Sequence[str], k: int) -> dict[str, tuple[str, ...]]:
+    """The ``k`` nearest whole words (cosine >= NEIGHBOUR_MIN_COSINE) of each word, computed for the words not
+    seen before in blocks of matrix products (one word at a time is a matrix-vector product, several times
+    slower per word)."""
+    table, index, mat = embedding_table()
+    todo = [w for w in dict.fromkeys(words) if (w, k) not in _NEIGHBOURS]
+    for w in [w for w in todo if w not in index]:
+        _NEIGHBOURS[(w, k)] = ()
+    todo = [w for w in todo if w in index]
+    for b in range(0, len(todo), 256):
+        block = todo[b:b + 256]
+        rows = torch.tensor([index[w] for w in block])
+        cos = mat[rows] @ mat.T
+        cos[torch.arange(len(block)), rows] = -1
+        top = torch.topk(cos, k, dim=1)
+        for w, vals, ids in zip(block, top.values.tolist(), top.indices.tolist()):
+            _NEIGHBOURS[(w, k)] = tuple(table[i] for c, i in zip(vals, ids) if c >= NEIGHBOUR_MIN_COSINE)
+    return {w: _NEIGHBOURS[(w, k)] for w in words}
 
 
 def char_edits(word: str, rng: random.Random) -> list[str]:
@@ -148,6 +161,11 @@ class Transformations:
     def pos(self, word: str) -> frozenset:
         return self.wordnet.pos(word) if self.wordnet is not None else frozenset()
 
+    def prepare(self, words: Sequence[str]) -> None:
+        """Compute what the words of a batch need at once (their embedding neighbours)."""
+        if "embedding" in self.kinds:
+            neighbours(words, 4 * self.threat.max_candidates)
+
     def __call__(self, word: str, rng: random.Random) -> list[tuple[str, str]]:
         """``[(candidate, kind)]`` with kind "word" or "char"."""
         k = self.threat.max_candidates
@@ -159,7 +177,7 @@ class Transformations:
                 syn.sort(key=lambda w: self.vocab.stoi.get(w, len(self.vocab)))
             words += syn[:k]
         if "embedding" in self.kinds:
-            near = [w for w in _neighbours(word, 4 * k) if w != word]
+            near = [w for w in neighbours([word], 4 * k)[word] if w != word]
             if self.threat.pos_match:
                 mine = self.pos(word)
                 near = [w for w in near if mine & self.pos(w)]
@@ -178,13 +196,17 @@ class Similarity:
         self._encode = encode or _minilm_encoder()
         self._cache: dict[str, torch.Tensor] = {}
 
-    def __call__(self, a: str, b: str) -> float:
-        missing = [t for t in (a, b) if t not in self._cache]
+    def warm(self, texts: Sequence[str]) -> None:
+        """Encode the texts not seen yet in one call (an encoder call costs far more per sentence alone)."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if len(self._cache) + len(missing) > 50_000:
+            self._cache = {}
         if missing:
             for t, e in zip(missing, self._encode(missing)):
                 self._cache[t] = e
-        if len(self._cache) > 20_000:
-            self._cache = {a: self._cache[a]}
+
+    def __call__(self, a: str, b: str) -> float:
+        self.warm([a, b])
         return float(nn.functional.cosine_similarity(self._cache[a], self._cache[b], dim=0))
 
 
@@ -200,7 +222,11 @@ def _minilm() -> Any:
                                 f"(or set the similarity floor to 0, --min-similarity 0, to measure without it)") from None
     import logging
 
+    from transformers.utils import logging as hf_logging
+
     logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with armor's progress lines
     return SentenceTransformer(str(get_model_path()), device="cpu")
 
 
@@ -261,141 +287,200 @@ class AttackResult:
                 "adversarial": self.adversarial, "edits": [list(e) for e in self.edits]}
 
 
-class _OutOfBudget(Exception):
-    pass
-
-
 def attack_example(target: TargetModel, tokens: list[str], label: int, name: str, threat: TextThreat,
                    transform: Transformations, similarity: Optional[Similarity], rng: random.Random) -> AttackResult:
     """Attack one tokenised sentence with recipe ``name`` under ``threat`` (see the module docstring)."""
+    return attack_batch(target, [tokens], [label], name, threat, transform, similarity, [rng])[0]
+
+
+@dataclass
+class _State:
+    """One sentence under attack: where the search is, what it has spent."""
+
+    tokens: list[str]
+    label: int
+    cands: dict[int, list[tuple[str, str]]]
+    budget: int
+    result: AttackResult
+    p0: Optional[torch.Tensor] = None
+    order: list[int] = field(default_factory=list)
+    current: list[str] = field(default_factory=list)
+    p_true: float = 0.0
+    done: bool = False
+
+    def affordable(self, k: int, threat: TextThreat) -> bool:
+        """Can this sentence spend ``k`` more queries? If not, its search ends here (failed, within budget)."""
+        if self.result.queries + k > threat.query_budget:
+            self.done = True
+            return False
+        return True
+
+
+def attack_batch(target: TargetModel, token_lists: Sequence[list[str]], labels: Sequence[int], name: str,
+                 threat: TextThreat, transform: Transformations, similarity: Optional[Similarity],
+                 rngs: Sequence[random.Random]) -> list[AttackResult]:
+    """Attack several sentences with recipe ``name`` in lock step: every search step of every sentence still
+    under attack is one model call, and each sentence's decisions depend on its own probabilities only, so the
+    result of a sentence is the one it would get alone. Queries are counted and budgeted per sentence."""
     spec = recipe(name)
     t0 = time.perf_counter()
-    start = target.queries
-    words = sum(1 for t in tokens if any(c.isalnum() for c in t))
-    p0 = target.probs([tokens])[0]
-    if int(p0.argmax()) != label:
-        return AttackResult("skipped", target.queries - start, time.perf_counter() - t0, words)
-    cands = {i: transform(tokens[i], rng) for i, t in enumerate(tokens) if changeable(t, threat)}
-    cands = {i: c for i, c in cands.items() if c}
-    if not cands:
-        return AttackResult("unattackable", target.queries - start, time.perf_counter() - t0, words)
+    states: list[_State] = []
+    p0 = target.probs(list(token_lists))
+    transform.prepare([t for toks in token_lists for t in toks if changeable(t, threat)])
+    for toks, y, rng, p in zip(token_lists, labels, rngs, p0):
+        words = sum(1 for t in toks if any(c.isalnum() for c in t))
+        r = AttackResult("failed", queries=1, words=words)
+        if int(p.argmax()) != y:
+            r.status = "skipped"
+        cands = {} if r.status == "skipped" else {
+            i: c for i, t in enumerate(toks) if changeable(t, threat) for c in [transform(t, rng)] if c}
+        if r.status != "skipped" and not cands:
+            r.status = "unattackable"
+        states.append(_State(list(toks), y, cands, threat.budget(toks), r, p, current=list(toks),
+                             p_true=float(p[y]), done=r.status != "failed"))
+    live = [s for s in states if not s.done]
+    originals = {id(s): detokenize(s.tokens) for s in live}
 
-    def spend(k: int) -> None:
-        if target.queries - start + k > threat.query_budget:
-            raise _OutOfBudget
-
-    def query(token_lists: list[list[str]]) -> torch.Tensor:
-        spend(len(token_lists))
-        return target.probs(token_lists)
-
-    original = detokenize(tokens)
-
-    def similar(adv: list[str]) -> Optional[float]:
+    def ok(s: _State, adv: list[str]) -> tuple[bool, Optional[float]]:
         if threat.min_similarity <= 0:
-            return None
-        return similarity(original, detokenize(adv))
+            return True, None
+        sim = similarity(originals[id(s)], detokenize(adv))
+        return sim >= threat.min_similarity, sim
 
-    def ok(adv: list[str]) -> tuple[bool, Optional[float]]:
-        s = similar(adv)
-        return (s is None or s >= threat.min_similarity), s
+    def warm(texts: list[list[str]]) -> None:
+        if threat.min_similarity > 0:
+            similarity.warm([*originals.values(), *map(detokenize, texts)])
 
-    budget = threat.budget(tokens)
-    result = AttackResult("failed", words=words)
-    try:
-        order = _order(target, tokens, label, p0, cands, spec, query, spend)
-        if spec.search == "greedy":
-            _greedy(tokens, label, order, cands, budget, query, ok, result)
-        else:
-            _beam(tokens, label, order, cands, budget, spec.width, query, ok, result)
-    except _OutOfBudget:
-        pass
-    result.queries = target.queries - start
-    result.seconds = time.perf_counter() - t0
-    return result
-
-
-def _order(target: TargetModel, tokens: list[str], label: int, p0: torch.Tensor, cands: dict, spec: Recipe,
-           query: Callable, spend: Callable) -> list[int]:
-    positions = sorted(cands)
-    if spec.importance == "gradient":
-        spend(1)
-        norms = target.gradient_norms(tokens, label)
-        score = {i: float(norms[i]) for i in positions}
+    _rank(target, live, spec, threat)
+    live = [s for s in live if not s.done]
+    if spec.search == "greedy":
+        _greedy(target, live, threat, ok, warm)
     else:
-        deleted = [tokens[:i] + [UNK] + tokens[i + 1:] for i in positions]
-        drop = p0[label] - query(deleted)[:, label]
-        score = {i: float(d) for i, d in zip(positions, drop)}
+        for s in live:
+            _beam(target, s, spec.width, threat, ok)
+    seconds = (time.perf_counter() - t0) / max(1, len(states))
+    for s in states:
+        s.result.seconds = seconds
+    return [s.result for s in states]
+
+
+def _query(target: TargetModel, asks: list[tuple[_State, list[list[str]]]]) -> list[torch.Tensor]:
+    """One model call for every sentence's trials; each sentence is charged for its own."""
+    flat = [t for _, trials in asks for t in trials]
+    if not flat:
+        return []
+    probs = target.probs(flat)
+    out, k = [], 0
+    for s, trials in asks:
+        s.result.queries += len(trials)
+        out.append(probs[k:k + len(trials)])
+        k += len(trials)
+    return out
+
+
+def _rank(target: TargetModel, live: list[_State], spec: Recipe, threat: TextThreat) -> None:
+    """Each sentence's positions in order of importance (ties: left to right)."""
+    if spec.importance == "gradient":
+        live[:] = [s for s in live if s.affordable(1, threat)]
+        if live:
+            norms = target.gradient_norms([s.tokens for s in live], [s.label for s in live])
+            for s, g in zip(live, norms):
+                s.result.queries += 1
+                s.order = sorted(s.cands, key=lambda i: (-float(g[i]), i))
+        return
+    asks = [(s, [s.tokens[:i] + [UNK] + s.tokens[i + 1:] for i in sorted(s.cands)]) for s in live
+            if s.affordable(len(s.cands), threat)]
+    for (s, _), probs in zip(asks, _query(target, asks)):
+        positions = sorted(s.cands)
+        score = {i: float(s.p0[s.label] - probs[j, s.label]) for j, i in enumerate(positions)}
         if spec.importance == "saliency":  # PWWS: softmax(saliency) x the best swap's gain at that word
+            swaps = [s.tokens[:i] + [c] + s.tokens[i + 1:] for i in positions for c, _ in s.cands[i]]
+            if not s.affordable(len(swaps), threat):
+                continue
+            gains = _query(target, [(s, swaps)])[0][:, s.label]
             sal = torch.softmax(torch.tensor([score[i] for i in positions]), 0)
+            k = 0
             for j, i in enumerate(positions):
-                swapped = [tokens[:i] + [c] + tokens[i + 1:] for c, _ in cands[i]]
-                gain = float((p0[label] - query(swapped)[:, label]).max())
-                score[i] = float(sal[j]) * gain
-    return sorted(positions, key=lambda i: (-score[i], i))
+                n = len(s.cands[i])
+                score[i] = float(sal[j]) * float((s.p0[s.label] - gains[k:k + n]).max())
+                k += n
+        s.order = sorted(positions, key=lambda i: (-score[i], i))
 
 
-def _greedy(tokens, label, order, cands, budget, query, ok, result: AttackResult) -> None:
-    current, p_true = list(tokens), float("inf")
-    p_true = float(query([current])[0, label])
-    for i in order:
-        if len(result.edits) >= budget:
+def _greedy(target: TargetModel, live: list[_State], threat: TextThreat, ok: Callable, warm: Callable) -> None:
+    """Positions in order, each at most once: keep the candidate that lowers the true class most and meets every
+    constraint; stop at the word budget, the query budget, or when the label flips."""
+    while True:
+        asks = []
+        for s in live:
+            if s.done:
+                continue
+            if not s.order or len(s.result.edits) >= s.budget:
+                s.done = True
+                continue
+            i = s.order.pop(0)
+            trials = [s.current[:i] + [c] + s.current[i + 1:] for c, _ in s.cands[i]]
+            if s.affordable(len(trials), threat):
+                asks.append((s, trials, i))
+        if not asks:
             return
-        trials = [current[:i] + [c] + current[i + 1:] for c, _ in cands[i]]
-        probs = query(trials)
-        for j in torch.argsort(probs[:, label]).tolist():
-            if float(probs[j, label]) >= p_true:
-                break  # no candidate left that helps
-            good, s = ok(trials[j])
-            if not good:
-                continue
-            current, p_true = trials[j], float(probs[j, label])
-            result.edits.append((i, cands[i][j][1], cands[i][j][0]))
-            result.similarity = s
-            if int(probs[j].argmax()) != label:
-                result.status, result.adversarial = "success", current
-                return
-            break
+        answers = _query(target, [(s, t) for s, t, _ in asks])
+        # the similarity of each sentence's best improving candidate, encoded in one call
+        warm([trials[j] for (s, trials, _), probs in zip(asks, answers)
+              for j in torch.argsort(probs[:, s.label], stable=True)[:1].tolist() if probs[j, s.label] < s.p_true])
+        for (s, trials, i), probs in zip(asks, answers):
+            for j in torch.argsort(probs[:, s.label], stable=True).tolist():
+                if float(probs[j, s.label]) >= s.p_true:
+                    break  # no candidate left that helps
+                good, sim = ok(s, trials[j])
+                if not good:
+                    continue
+                s.current, s.p_true = trials[j], float(probs[j, s.label])
+                s.result.edits.append((i, s.cands[i][j][1], s.cands[i][j][0]))
+                s.result.similarity = sim
+                if int(probs[j].argmax()) != s.label:
+                    s.result.status, s.result.adversarial, s.done = "success", s.current, True
+                break
 
 
-def _beam(tokens, label, order, cands, budget, width, query, ok, result: AttackResult) -> None:
-    beams: list[tuple[float, list[str], list, Optional[float]]] = [(float("inf"), list(tokens), [], None)]
-    for i in order:
-        pool: list[tuple[float, list[str], list, Optional[float], bool]] = []
+def _beam(target: TargetModel, s: _State, width: int, threat: TextThreat, ok: Callable) -> None:
+    """Beam search over the positions in order: the ``width`` best partial edits (lowest true-class
+    probability, constraints met) survive each position; the first that flips the label wins."""
+    beams: list[tuple[float, list[str], list, Optional[float]]] = [(s.p_true, list(s.tokens), [], None)]
+    for i in s.order:
         trials, meta = [], []
-        for p, toks, edits, s in beams:
-            pool.append((p, toks, edits, s, False))
-            if len(edits) >= budget:
-                continue
-            for c, kind in cands[i]:
-                trials.append(toks[:i] + [c] + toks[i + 1:])
-                meta.append(edits + [(i, kind, c)])
+        for _, toks, edits, _ in beams:
+            if len(edits) < s.budget:
+                for c, kind in s.cands[i]:
+                    trials.append(toks[:i] + [c] + toks[i + 1:])
+                    meta.append(edits + [(i, kind, c)])
         if not trials:
             continue
-        probs = query(trials)
-        ranked = sorted(range(len(trials)), key=lambda j: float(probs[j, label]))
+        if not s.affordable(len(trials), threat):
+            break
+        probs = _query(target, [(s, trials)])[0]
+        pool = [(*b, False) for b in beams]
         kept = 0
-        for j in ranked:
+        for j in torch.argsort(probs[:, s.label], stable=True).tolist():
             if kept >= width:
                 break
-            good, s = ok(trials[j])
-            if not good:
-                continue
-            kept += 1
-            pool.append((float(probs[j, label]), trials[j], meta[j], s, int(probs[j].argmax()) != label))
+            good, sim = ok(s, trials[j])
+            if good:
+                kept += 1
+                pool.append((float(probs[j, s.label]), trials[j], meta[j], sim, int(probs[j].argmax()) != s.label))
         pool.sort(key=lambda b: b[0])
-        for p, toks, edits, s, fooled in pool:
+        for p, toks, edits, sim, fooled in pool:
             if fooled:
-                result.status, result.adversarial, result.edits, result.similarity = "success", toks, edits, s
+                s.result.status, s.result.adversarial, s.result.edits, s.result.similarity = "success", toks, edits, sim
                 return
         beams = [b[:4] for b in pool[:width]]
-    best = beams[0]
-    result.edits, result.similarity = best[2], best[3]
+    s.result.edits, s.result.similarity = beams[0][2], beams[0][3]
 
 
 # =========================================================================================== a dataset
 def run_attacks(target: TargetModel, token_lists: list[list[str]], labels: list[int], names: Sequence[str],
                 threat: TextThreat, *, seed: int = 0, wordnet: Any = None, similarity: Optional[Similarity] = None,
-                progress: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+                progress: Optional[Callable[[str], None]] = None, batch: int = 32) -> dict[str, Any]:
     """Every recipe on every sentence; the per-example worst case; figures per recipe (see ``summarise``)."""
     from ...training.trainer import derive_seed
 
@@ -409,9 +494,12 @@ def run_attacks(target: TargetModel, token_lists: list[list[str]], labels: list[
             transform = Transformations(recipe(name).transformations, threat, wordnet, target.vocab)
             if progress:
                 progress(f"{name} on {len(token_lists)} sentences")
-            results[name] = [attack_example(target, toks, y, name, threat, transform, similarity,
-                                            random.Random(derive_seed(seed, "text-attack", name, k)))
-                             for k, (toks, y) in enumerate(zip(token_lists, labels))]
+            results[name] = []
+            for b in range(0, len(token_lists), batch):
+                ks = range(b, min(b + batch, len(token_lists)))
+                results[name] += attack_batch(target, [token_lists[k] for k in ks], [labels[k] for k in ks], name,
+                                              threat, transform, similarity,
+                                              [random.Random(derive_seed(seed, "text-attack", name, k)) for k in ks])
     finally:
         target.model.train(was_training)
     return summarise(results, len(token_lists))
@@ -466,4 +554,4 @@ def check_all(summary: dict[str, Any], token_lists: list[list[str]], threat: Tex
 
 
 __all__ = ["AttackResult", "DEFAULT_RECIPES", "RECIPES", "Recipe", "Similarity", "TargetModel", "Transformations",
-           "attack_example", "char_edits", "check_all", "embedding_table", "recipe", "run_attacks", "summarise"]
+           "attack_batch", "attack_example", "char_edits", "check_all", "embedding_table", "recipe", "run_attacks", "summarise"]

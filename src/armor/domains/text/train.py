@@ -215,19 +215,17 @@ def _a2t_batch(model: nn.Module, vocab: Vocab, toks: list[list[str]], y: torch.T
     """The batch plus adversarial versions of ``adv_ratio`` of its sentences (A2T's cheap attack)."""
     from dataclasses import replace
 
-    from .attacks import TargetModel, Transformations, attack_example, recipe as attack_recipe
+    from .attacks import TargetModel, Transformations, attack_batch, recipe as attack_recipe
 
     train_threat = replace(threat, min_similarity=0.0, query_budget=int(params["query_budget"]))
     target = TargetModel(model, vocab)
     model.eval()
     chosen = sorted(rng.sample(range(len(toks)), max(1, round(params["adv_ratio"] * len(toks)))))
     transform = Transformations(attack_recipe("a2t").transformations, train_threat, wordnet, vocab)
-    extra, extra_y = [], []
-    for j in chosen:
-        r = attack_example(target, toks[j], int(y[j]), "a2t", train_threat, transform, None, rng)
-        if r.status == "success":
-            extra.append(r.adversarial)
-            extra_y.append(int(y[j]))
+    results = attack_batch(target, [toks[j] for j in chosen], [int(y[j]) for j in chosen], "a2t", train_threat,
+                           transform, None, [rng] * len(chosen))
+    extra = [r.adversarial for r in results if r.status == "success"]
+    extra_y = [int(y[j]) for j, r in zip(chosen, results) if r.status == "success"]
     model.train()
     cost["attack_queries"] += target.queries
     if not extra:
