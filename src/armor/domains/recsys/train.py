@@ -9,7 +9,9 @@
 interact with in training. ``apr``: APR / AMF (He et al., SIGIR 2018), as in the reference ``AMF.py``: BPR until
 epoch ``adv_start``, then ``L(theta) + adv_weight * L(theta + delta)`` where ``delta`` is, per embedding row,
 ``radius * g / ||g||`` with ``g`` the gradient of the batch's clean BPR loss (rows the batch does not touch
-get no perturbation) and ``radius`` the threat's (``eps``, or ``eps * ||row||`` for a relative eps). Defaults
+get no perturbation) and ``radius`` the threat's (``eps``, or ``eps * ||row||`` for a relative eps). As in
+``AMF.py``, whose adversarial phase restores only the embeddings, the Adagrad accumulators restart at
+``adv_start``. Defaults
 are APR's: embedding size 64, Adagrad with learning rate 0.05, batch 512, no L2 regularisation, eps 0.5, adversarial
 weight 1.
 
@@ -256,6 +258,10 @@ def train_recommender(data: Union[str, PathLike, Interactions] = "ml-100k", *, m
         g = torch.Generator().manual_seed(derive_seed(seed, "recsys", "epoch", epoch))
         perm = torch.randperm(n, generator=g)
         adversarial = recipe == "apr" and epoch >= adv_start
+        if recipe == "apr" and epoch == adv_start:
+            # AMF.py builds a new graph for its adversarial phase and restores only the embeddings, so Adagrad's
+            # accumulators start again from zero there: so do they here.
+            opt = torch.optim.Adagrad(net.parameters(), lr=lr, initial_accumulator_value=0.0, eps=1e-10)
         total, batches = 0.0, 0
         net.train()
         for s in range(0, n, batch_size):
@@ -296,6 +302,7 @@ def train_recommender(data: Union[str, PathLike, Interactions] = "ml-100k", *, m
         if callback is not None:
             callback(epoch + 1, record)
     net.eval()
+    net.zero_grad(set_to_none=True)  # the returned model carries no leftover gradients of the last batch
     from safetensors.torch import save
 
     atomic_write_bytes(out / WEIGHTS, save({k: v.detach().contiguous() for k, v in net.state_dict().items()}))
