@@ -45,8 +45,8 @@ PathLike = Union[str, Path]
 METADATA, VOCAB, WEIGHTS, STATE = "metadata.json", "vocab.json", "model.safetensors", "train_state.ckpt"
 TRAIN_RECIPES = {
     "standard": {},
-    "embed-pgd": {"radius": 0.5, "steps": 3, "step_size": 0.25, "adv_ratio": 0.5},
-    "freelb": {"radius": 0.5, "steps": 3, "step_size": 0.25},
+    "embed-pgd": {"radius": 0.1, "steps": 2, "step_size": 0.05, "adv_ratio": 0.5},
+    "freelb": {"radius": 0.1, "steps": 2, "step_size": 0.05},
     "a2t": {"adv_ratio": 0.5, "query_budget": 200},
 }
 

