@@ -10,7 +10,7 @@ from scipy.optimize import linprog
 from torch import nn
 
 import armor
-from armor.attacks import apgd, fab_t, fab_t_minimal, hyperplane_step
+from armor.attacks import apgd, fab_t, fab_t_minimal, fgsm_t, hyperplane_step
 from armor.evaluate import evaluate
 from armor.metrics import masking_checks
 from armor.threat import Norm
@@ -144,6 +144,33 @@ def test_fab_finds_the_closed_form_minimal_perturbation_and_beats_a_pgd_baseline
     assert size.mean() < hi.mean()
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fgsm_t_breaks_exactly_the_points_a_linear_model_loses(norm):
+    """On logits Wx + b one eps step on f_t - f_y is the best move towards t, so FGSM-T over every other class
+    fools a point exactly when its closed-form minimal distance is below eps (bounds far away)."""
+    torch.manual_seed(1)
+    d, k, n = 20, 5, 200
+    model = nn.Linear(d, k).double()
+    x = torch.rand(n, d, generator=_gen(4)).double()
+    with torch.no_grad():
+        f = model(x)
+    y = f.argmax(1)
+    dual = {"linf": 1, "l2": 2}[norm]
+    w = model.weight.detach()
+    wn = torch.linalg.vector_norm(w[y][:, None, :] - w[None], ord=dual, dim=2)
+    exact = ((f.gather(1, y[:, None]) - f) / wn).masked_fill(torch.arange(k)[None] == y[:, None],
+                                                               float("inf")).min(1).values
+    eps = float(exact.median())
+    threat = armor.ThreatModel(norm, eps, bounds=(-100.0, 100.0))
+    x_adv = fgsm_t(model, x, y, threat, n_target_classes=k - 1)
+    assert threat.contains(x_adv, x, atol=0).all()
+    with torch.no_grad():
+        fooled = model(x_adv).argmax(1) != y
+    margin = (exact - eps).abs() > 1e-9 * eps  # leave out ties at float precision
+    assert torch.equal(fooled[margin], (exact <= eps)[margin])
+    assert 0.3 < fooled.double().mean() < 0.7
+
+
 # --- bounds and the evaluation mode ------------------------------------------------------------------------
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.6), ("l1", 2.0)])
 def test_fab_t_outputs_stay_inside_ball_and_bounds_exactly(model, digits, norm, eps):
@@ -204,27 +231,24 @@ def test_boosted_model_keeps_the_decisions_and_hides_its_gradient(digits_model, 
 
 
 EPS_BOOST = 0.1
-KW = {"apgd-ce": {"steps": 50}, "apgd-t": {"steps": 50}, "square": {"n_queries": 1000}}
+KW = {"apgd-ce": {"steps": 50}, "apgd-t": {"steps": 20}, "square": {"n_queries": 500}}
 
 
 def test_boosted_model_is_flagged_and_the_standard_suite_sees_through_it(digits_model, boosted, digits):
-    """Measured (397 test points, linf 0.1, seed 0): the base model's standard suite 0.526 (0.5365 after APGD-CE
-    alone); on the boosted model the old suite (APGD-CE, APGD-T, Square) reported 0.680 with no flag, the new
-    standard suite (FGSM and FAB-T-10 from the clean point added) 0.559, and clean_start_beats_white_box fires
-    (55 of 156 fooled points only from the clean start, noise bound 47, p 7e-6).
-
-    The issue's target, within 1 pt of the true value, is NOT met: 3.3 pt remain (0.559 vs 0.526), the points
-    that need more than a clean-point step to break while every step off the grid meets the boost.
-    """
+    """Measured (397 test points, linf 0.1, seed 0, full budgets): the base model's standard suite 0.5264; on the
+    boosted model the old suite (APGD-CE, APGD-T, Square) reported 0.680 with no flag, the suite with FGSM and
+    FAB-T-10 0.559, and the standard suite with FGSM-T too 0.5264, the base model's number to the point (FGSM-T
+    alone reaches it). clean_start_beats_white_box fires. At this test's budgets the same holds."""
     _, _, x, y = digits
     threat = armor.ThreatModel("linf", EPS_BOOST)
     base = evaluate(digits_model, (x, y), threat, suite="standard", attack_kwargs=KW)
     old = evaluate(boosted, (x, y), threat, suite=["apgd-ce", "apgd-t", "square"], attack_kwargs=KW)
     new = evaluate(boosted, (x, y), threat, suite="standard", attack_kwargs=KW)
-    # Identical decisions: no attack can go below the base model's worst case over the same attacks' union.
-    assert new.robust_accuracy >= base.robust_accuracy - 0.02
     assert old.robust_accuracy - base.robust_accuracy > 0.10  # the masking works against random starts
-    assert new.robust_accuracy - base.robust_accuracy < 0.045  # measured 0.033 at these budgets
+    # Identical decisions: the boosted model's true robust accuracy is the base model's. Within 1 pt of the
+    # base model's standard-suite number (an upper bound of the true one), and never below it by more than
+    # what the base model's own random-start attacks might miss.
+    assert abs(new.robust_accuracy - base.robust_accuracy) <= 0.01
     flags = masking_checks(boosted, x, y, threat, checks=["clean_start_beats_white_box"], n=None,
                            strong_steps=50, strong_restarts=2)
     assert [f["name"] for f in flags["flags"]] == ["clean_start_beats_white_box"]

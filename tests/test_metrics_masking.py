@@ -394,4 +394,5 @@ def test_each_attack_runs_once_on_its_own_stream(model, digits, monkeypatch):
     assert set(r["checks"]) == set(MASKING_CHECKS)
     assert runs == [(1, "pgd", {"steps": 2}), (2, "pgd", {"steps": 3, "restarts": 1}),
                     (3, "square", {"n_queries": 5}), (10, "pgd", {"steps": 2}), (11, "pgd", {"steps": 2}),
-                    (4, "pgd", {"steps": 2}), (5, "fgsm", {}), (6, "fab_t", {"steps": 10})]
+                    (4, "pgd", {"steps": 2}), (5, "fgsm", {}), (7, "fgsm_t", {}),
+                    (6, "fab_t", {"steps": 10})]

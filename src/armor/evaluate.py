@@ -26,17 +26,17 @@ from .utils import atomic_write_bytes
 
 SUITES: dict[str, dict[str, list[str]]] = {
     # AutoAttack-standard strength and more: APGD-CE, APGD-T (9 targets) and the black-box Square-5000 start
-    # inside the ball at random, where a masked model's gradients may mislead them; FGSM and FAB-T start at
-    # the clean point, where the gradient is often still honest. FGSM costs one pass and goes first; FAB-T
-    # gains its points in its first steps (10 steps broke as many as AutoAttack's 100 on the models in
-    # bench/fab_suite.py) and runs after APGD-CE, on the points APGD-CE left (see bench/RESULTS.md).
-    "standard": {"linf": ["fgsm", "apgd-ce", "fab-t-10", "apgd-t", "square"],
-                 "l2": ["fgsm", "apgd-ce", "fab-t-10", "apgd-t", "square"],
-                 "l1": ["fgsm", "apgd-ce", "fab-t-10", "apgd-t", "apgd-dlr"]},
+    # inside the ball at random, where a masked model's gradients may mislead them; FGSM, FGSM-T and FAB-T
+    # start at the clean point, where the gradient is often still honest. FGSM (one pass) and FGSM-T (one
+    # pass per target) go first; FAB-T gains its points in its first steps (10 steps broke as many as
+    # AutoAttack's 100 on the models in bench/fab_suite.py) and runs after APGD-CE, on the points it left.
+    "standard": {"linf": ["fgsm", "fgsm-t", "apgd-ce", "fab-t-10", "apgd-t", "square"],
+                 "l2": ["fgsm", "fgsm-t", "apgd-ce", "fab-t-10", "apgd-t", "square"],
+                 "l1": ["fgsm", "fgsm-t", "apgd-ce", "fab-t-10", "apgd-t", "apgd-dlr"]},
     # AutoAttack+ style: more restarts, APGD-DLR, the full FAB-T, Square with restarts.
-    "plus": {"linf": ["fgsm", "apgd-ce-x5", "apgd-dlr-x5", "fab-t", "square-x5", "apgd-t"],
-             "l2": ["fgsm", "apgd-ce-x5", "apgd-dlr-x5", "fab-t", "square-x5", "apgd-t"],
-             "l1": ["fgsm", "apgd-ce-x5", "apgd-dlr-x5", "fab-t", "apgd-t"]},
+    "plus": {"linf": ["fgsm", "fgsm-t", "apgd-ce-x5", "apgd-dlr-x5", "fab-t", "square-x5", "apgd-t"],
+             "l2": ["fgsm", "fgsm-t", "apgd-ce-x5", "apgd-dlr-x5", "fab-t", "square-x5", "apgd-t"],
+             "l1": ["fgsm", "fgsm-t", "apgd-ce-x5", "apgd-dlr-x5", "fab-t", "apgd-t"]},
     "fast": {"linf": ["pgd", "apgd-ce"], "l2": ["pgd", "apgd-ce"], "l1": ["pgd", "apgd-ce"]},
 }
 
@@ -115,8 +115,8 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
 
     Arguments:
         data: ``(x, y)`` tensors or an armor ``Dataset``; x in the threat's bounds.
-        suite: ``"standard"`` (FGSM, APGD-CE, FAB-T-10, APGD-T, Square-5000), ``"plus"`` (AutoAttack+ style:
-            restarts, APGD-DLR, FAB-T-100), ``"fast"`` (PGD-10, APGD-CE) or attack names.
+        suite: ``"standard"`` (FGSM, FGSM-T, APGD-CE, FAB-T-10, APGD-T, Square-5000), ``"plus"`` (AutoAttack+
+            style: restarts, APGD-DLR, FAB-T-100), ``"fast"`` (PGD-10, APGD-CE) or attack names.
         n: evaluate the first ``n`` points. batch_size: points per attack call.
         seed: every (attack, batch) gets its own generator derived from it, so a resumed run is identical.
         individual: also run every attack on all clean-correct points, so that ``per_attack[name]["accuracy"]``

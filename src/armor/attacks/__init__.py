@@ -16,7 +16,7 @@ from ._core import (attack_mode, ce_loss, check_logits, default_generator, dlr_l
                     loss_and_grad, margin_loss, prepare)
 from .cw import cw_l2
 from .fab import fab_t, fab_t_minimal, hyperplane_step
-from .gradient import apgd, apgd_t, fgsm, pgd
+from .gradient import apgd, apgd_t, fgsm, fgsm_t, pgd, top_targets
 from .square import square
 from ..plugins import contributions
 
@@ -34,6 +34,9 @@ class AttackSpec:
 
 ATTACKS: dict[str, AttackSpec] = {
     "fgsm": AttackSpec(fgsm, {}, description="one steepest-ascent step of size eps (Goodfellow et al. 2015)"),
+    "fgsm-t": AttackSpec(fgsm_t, {"n_target_classes": 9},
+                         description="targeted FGSM on the logit margin from the clean point, one eps step towards "
+                                     "each of the 9 most likely other classes"),
     "pgd": AttackSpec(pgd, {"steps": 10}, description="PGD-10, CE loss, random start (Madry et al. 2018)"),
     "pgd-20": AttackSpec(pgd, {"steps": 20}, description="PGD-20, CE loss, random start"),
     "pgd-margin": AttackSpec(pgd, {"steps": 20, "loss": "margin"}, description="PGD-20 on the C&W margin loss"),
@@ -81,5 +84,5 @@ def get_attack(name: str, **overrides: Any) -> AttackFn:
 
 
 __all__ = ["ATTACKS", "AttackSpec", "all_attacks", "apgd", "apgd_t", "attack_mode", "attack_spec", "ce_loss",
-           "check_logits", "cw_l2", "default_generator", "dlr_loss", "fab_t", "fab_t_minimal", "fgsm", "get_attack", "get_loss", "is_fooled",
-           "loss_and_grad", "hyperplane_step", "margin_loss", "pgd", "prepare", "square"]
+           "check_logits", "cw_l2", "default_generator", "dlr_loss", "fab_t", "fab_t_minimal", "fgsm", "fgsm_t", "get_attack", "get_loss", "is_fooled",
+           "loss_and_grad", "hyperplane_step", "margin_loss", "pgd", "prepare", "square", "top_targets"]

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..threat import Norm, ThreatModel
 from ._core import attack_mode, check_logits, default_generator, loss_and_grad, margin_loss, prepare
+from .gradient import top_targets
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -155,17 +156,6 @@ def _fab_rows(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, target: torch
     return best, best_size
 
 
-def _targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_target_classes: int) -> torch.Tensor:
-    """(N, k): the 2nd, 3rd, ... most likely classes on the clean input (the top one where the point is wrong)."""
-    with torch.no_grad():
-        logits = model(x)
-    check_logits(logits, y)
-    order = logits.argsort(dim=1, descending=True)
-    k = max(1, min(n_target_classes, logits.shape[1] - 1))
-    ranked = order[:, 1:k + 1]
-    return torch.where(ranked == y[:, None], order[:, :1], ranked)
-
-
 def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int,
          n_target_classes: int, restarts: int, alpha_max: float, eta: float, beta: float,
          generator: Optional[torch.Generator], stop_inside: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,7 +170,7 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
     best = x.clone()
     best_size = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
     with attack_mode(model):
-        targets = _targets(model, x, y, n_target_classes)
+        targets = top_targets(model, x, y, n_target_classes)
         g = default_generator(generator, x.device) if restarts > 1 else None
         k = targets.shape[1]
         for r in range(restarts):

@@ -1,4 +1,4 @@
-"""White-box gradient attacks: FGSM, PGD, APGD (CE / DLR) and targeted APGD-T.
+"""White-box gradient attacks: FGSM, targeted FGSM-T, PGD, APGD (CE / DLR) and targeted APGD-T.
 
 All are pure functions ``attack(model, x, y, threat, *, ..., generator=None) -> x_adv``. They move with
 ``threat.step`` and land with ``threat.project``; the result is always inside the threat set.
@@ -13,7 +13,7 @@ from torch import nn
 
 from ..threat import ThreatModel
 from ._core import (LossFn, attack_mode, check_logits, default_generator, get_loss, is_fooled, loss_and_grad,
-                    prepare)
+                    margin_loss, prepare)
 
 
 def _projector(threat: ThreatModel, x: torch.Tensor):
@@ -42,6 +42,50 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
         check_logits(logits, y)
         step = threat.eps_scalar if step_size is None else step_size
         return threat.project(threat.step(x, grad, step), x).detach()
+
+
+def fgsm_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, n_target_classes: int = 9,
+           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Targeted FGSM on the logit margin from the clean point, towards each of the top ``n_target_classes``.
+
+    For each target ``t`` one steepest-ascent step of size eps on ``f_t - f_y``: the best step inside the ball
+    if the model were linear around ``x``. All targets run as one batch (one row per point and target), and
+    the gradients are taken at the clean input only, where a model whose gradients mislead attacks a step
+    away (boosted logits between the data's grey levels) is still honest.
+
+    Returns:
+        ``x_adv``: per point a fooling step if any target's is, else the step with the highest margin.
+    """
+    prepare(model, x, y, threat)
+    if n_target_classes < 1:
+        raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
+    n = x.shape[0]
+    with attack_mode(model):
+        targets = top_targets(model, x, y, n_target_classes)
+        k = targets.shape[1]
+        rows = torch.arange(n, device=x.device).repeat_interleave(k)
+        xr, yr, tr = x[rows], y[rows], targets.reshape(-1)
+        _, _, grad = loss_and_grad(model, xr, yr, margin_loss, tr)
+        x_adv = threat.project(threat.step(xr, grad, threat.eps_scalar), xr)
+        with torch.no_grad():
+            logits = model(x_adv)
+        # Fooled rows first, then the untargeted margin: the best row per point.
+        score = margin_loss(logits, yr) + torch.where(is_fooled(logits, yr), float("inf"), 0.0)
+        pick = torch.arange(n, device=x.device) * k + score.view(n, k).argmax(1)
+    return x_adv[pick].detach()
+
+
+def top_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_target_classes: int) -> torch.Tensor:
+    """(N, k): the 2nd, 3rd, ... most likely classes on the clean input (the top one where the point is wrong),
+    k = ``n_target_classes`` capped at classes - 1."""
+    with torch.no_grad():
+        logits = model(x)
+    check_logits(logits, y)
+    order = logits.argsort(dim=1, descending=True)
+    k = max(1, min(n_target_classes, logits.shape[1] - 1))
+    ranked = order[:, 1:k + 1]
+    # If the clean prediction is wrong, a ranked class may be the label itself: aim at the top one instead.
+    return torch.where(ranked == y[:, None], order[:, :1], ranked)
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps: int = 10,
@@ -239,20 +283,14 @@ def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     best_loss = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
     with attack_mode(model):
-        with torch.no_grad():
-            logits = model(x)
-        check_logits(logits, y)
-        order = logits.argsort(dim=1, descending=True)
-        n_targets = max(1, min(n_target_classes, logits.shape[1] - 1))
+        targets = top_targets(model, x, y, n_target_classes)
         g = default_generator(generator, x.device)
-        for rank in range(1, n_targets + 1):
+        for rank in range(targets.shape[1]):
             for _ in range(restarts):
                 idx = (~fooled).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     return out.detach()
-                target = order[idx, rank]
-                # If the clean prediction is wrong, the ranked class may be the label itself: aim at the top one.
-                target = torch.where(target == y[idx], order[idx, 0], target)
+                target = targets[idx, rank]
                 xr, fr, lr = _apgd_run(model, x[idx], y[idx], threat, loss_fn, steps, rho, target, early_stop, g,
                                        l1_sparsity)
                 take = fr | (lr > best_loss[idx])

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..attacks import fab_t, fgsm, pgd, square
+from ..attacks import fab_t, fgsm, fgsm_t, pgd, square
 from ..threat import Norm, ThreatModel
 from ..engine import correct_after, model_device, predict_logits
 from .interpret import saliency
@@ -35,6 +35,7 @@ STREAM_SQUARE = 3
 STREAM_LARGE_EPS = 4
 STREAM_FGSM = 5  # the clean-start attacks draw no random numbers; their streams only keep them apart
 STREAM_FAB = 6
+STREAM_FGSM_T = 7
 STREAM_CURVE = 10  # + the index of the eps factor
 
 
@@ -192,11 +193,12 @@ class _Context:
                 "strong_accuracy": float(strong.double().mean()), "clean_accuracy": self.clean_accuracy}
 
     @functools.cached_property
-    def clean_start_correct(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per point: correct after FGSM from the clean point, and after FAB-T from the clean point."""
+    def clean_start_correct(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per point: correct after FGSM, after FGSM-T and after FAB-T, all three from the clean point."""
         fg = self.correct_after(STREAM_FGSM, fgsm, self.threat)
+        fg_t = self.correct_after(STREAM_FGSM_T, fgsm_t, self.threat)
         fab = self.correct_after(STREAM_FAB, fab_t, self.threat, steps=self.s.clean_start_fab_steps)
-        return fg, fab
+        return fg, fg_t, fab
 
     @functools.cached_property
     def square_correct(self) -> torch.Tensor:
@@ -377,8 +379,8 @@ def _black_box_beats_white_box(ctx: _Context) -> Outcome:
 
 
 @_register("clean_start_beats_white_box", run_order=5, explanation="""
-    Attacks that start at the clean point (a single FGSM step, FAB-T) must not fool many points that PGD from
-    random starts, with many more steps, left correct. On an honest model the multi-step attacks find what a
+    Attacks that start at the clean point (a single FGSM step, FGSM-T, FAB-T) must not fool many points that
+    PGD from random starts, with many more steps, left correct. On an honest model the multi-step attacks find what a
     single step finds; when the clean-start attacks alone fool more points than attack noise explains (the
     binomial bound of black_box_beats_white_box), the gradient is honest at the clean inputs but misleads the
     attacks a small step away (a loss surface shaped off the data, such as a boost between the data's grey
@@ -386,8 +388,8 @@ def _black_box_beats_white_box(ctx: _Context) -> Outcome:
 def _clean_start_beats_white_box(ctx: _Context) -> Outcome:
     s = ctx.s
     weak, strong = ctx.pgd_pair
-    fg, fab = ctx.clean_start_correct
-    clean_start = fg & fab
+    fg, fg_t, fab = ctx.clean_start_correct
+    clean_start = fg & fg_t & fab
     white = weak & strong
     survivors = clean_start & white
     only = int((~clean_start & white).sum())
@@ -398,7 +400,8 @@ def _clean_start_beats_white_box(ctx: _Context) -> Outcome:
     d = black_box_decision(only, fooled, noise_rate=s.black_box_noise_rate, min_points=s.black_box_min_points,
                            alpha=s.black_box_alpha)
     passed = not d["fires"]
-    evidence = {"fgsm_accuracy": float(fg.double().mean()), "fab_t_accuracy": float(fab.double().mean()),
+    evidence = {"fgsm_accuracy": float(fg.double().mean()), "fgsm_t_accuracy": float(fg_t.double().mean()),
+                "fab_t_accuracy": float(fab.double().mean()),
                 "fab_t_steps": s.clean_start_fab_steps, "clean_start_accuracy": float(clean_start.double().mean()),
                 "white_box_accuracy": acc_white, "worst_case_accuracy": worst, "points": n,
                 "fooled_by_any_attack": fooled, "fooled_only_from_clean_start": only,
@@ -407,15 +410,16 @@ def _clean_start_beats_white_box(ctx: _Context) -> Outcome:
                 "alpha": s.black_box_alpha, "min_points": s.black_box_min_points,
                 "rule": d["rule"].replace("Square alone", "the clean-start attacks alone")}
     return Outcome(passed, evidence, None if passed else (
-        f"Attacks from the clean point (one FGSM step, FAB-T with {s.clean_start_fab_steps} steps) fooled {only} "
+        f"Attacks from the clean point (one FGSM step, FGSM-T, FAB-T with {s.clean_start_fab_steps} steps) fooled "
+        f"{only} "
         f"points that both PGD attacks from random starts (PGD-{s.weak_steps}, PGD-{s.strong_steps} x "
         f"{s.strong_restarts} restarts) left correct: {_pct(only / fooled)} of the {fooled} points any attack "
         f"fooled (n = {n}); attack noise explains at most {d['noise_bound']} (binomial, p = {d['p_value']:.1g} <= "
         f"{s.black_box_alpha:g}). The gradient is honest at the clean inputs but misleads the attacks a step "
         f"away from them, so multi-step attacks overstate robustness: PGD leaves {_pct(acc_white)}, the worst case "
         f"over these attacks is {_pct(worst)}, and the true robust accuracy may be lower still. Report the "
-        "standard suite's number (it includes FGSM and FAB-T from the clean point) as an upper bound, and look "
-        "for the cause: logits that depend on values between the data's levels, or a detector-style branch."))
+        "standard suite's number (it includes FGSM, FGSM-T and FAB-T from the clean point) as an upper bound, and "
+        "look for the cause: logits that depend on values between the data's levels, or a detector-style branch."))
 
 
 @_register("zero_gradients", run_order=1, explanation="""
