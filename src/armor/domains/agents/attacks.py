@@ -70,13 +70,16 @@ def _z(normalizer: ObsNormalizer, threat: ThreatModel, obs: Any) -> tuple[torch.
 
 def _finish(name: str, normalizer: ObsNormalizer, threat: ThreatModel, z_adv: torch.Tensor,
             x: torch.Tensor) -> torch.Tensor:
-    """The raw observations of ``z_adv`` around the raw batch ``x`` (:func:`to_raw`: still inside after rounding
-    to float32), after checking every row is inside the threat in float64 (``ValueError`` if not)."""
+    """The raw observations of ``z_adv`` around the raw batch ``x``, after checking that every row is inside the
+    threat: the attack's own point in z-units, then the raw observation the agent will see (:func:`to_raw`
+    rounds it back inside where float32 rounding pushed it out), in float64. ``ValueError`` if any is not."""
+    z_adv = z_adv.detach()
+    z = normalizer.to_z(x)
     raw = to_raw(normalizer, threat, z_adv, x)
-    z, z_raw = normalizer.to_z(x.double()), normalizer.to_z(raw.double())
-    inside = threat.contains(z_raw, z)
+    z_raw = normalizer.to_z(raw.double())
+    inside = threat.contains(z_adv, z) & threat.contains(z_raw, normalizer.to_z(x.double()))
     if not bool(inside.all()):
-        worst = float(threat.norm_of(z_raw - z).max())
+        worst = float(threat.norm_of(z_adv - z).max())
         raise ValueError(f"attack {name!r} left the budget on {int((~inside).sum())} of {len(inside)} observations "
                          f"(largest {threat.norm.value} size {worst:.6g} > eps {threat.eps_scalar:g}, or out of the "
                          f"observation bounds)")
