@@ -132,3 +132,28 @@ def test_the_demo_plumbing_on_a_tiny_preset(udata, tmp_path, monkeypatch):
     assert "Over training seeds" in (tmp_path / "demo" / "report.html").read_text()
     assert res["recsys_claims"]["robust_hr@10_gain"]["median"] == pytest.approx(
         summary["robust_hr@10"]["median"] - data["models"]["bpr"]["seed_summary"]["robust_hr@10"]["median"])
+
+
+def test_resume_through_the_cli_uses_the_runs_own_settings(udata, run_dir, tmp_path):
+    from armor.domains.recsys.train import train_recommender
+
+    opts = {"recipe": "apr", "epochs": 6, "adv_start": 2, "eps": 0.2, "eps_unit": "relative", "seed": 3,
+            "batch_size": 128}
+    whole = train_recommender(str(udata), out_dir=tmp_path / "whole", **opts)
+
+    def stop(epoch, record):
+        if epoch == 3:
+            raise KeyboardInterrupt  # what Ctrl-C does after the epoch-3 checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train_recommender(str(udata), out_dir=tmp_path / "killed", callback=stop, **opts)
+    r = invoke("train", "--resume", tmp_path / "killed", "--eps", "0.3", "--quiet")
+    assert r.exit_code == 2 and "settings differ" in r.output.replace("\n", " ")
+    r = invoke("train", "--resume", tmp_path / "killed", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == \
+        (tmp_path / "killed" / "model.safetensors").read_bytes()
+    assert whole.metadata["config"] == json.loads((tmp_path / "killed" / "metadata.json").read_text())["config"]
+    before = (run_dir / "model.safetensors").read_bytes()  # a finished run resumed is returned as it is
+    assert invoke("train", "--resume", run_dir, "--quiet").exit_code == 0
+    assert (run_dir / "model.safetensors").read_bytes() == before

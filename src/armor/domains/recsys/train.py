@@ -118,16 +118,12 @@ def _check_float(name: str, v: Any, lo: float = 0.0, strict: bool = False) -> fl
 
 
 def read_metadata(run_dir: PathLike) -> dict[str, Any]:
-    path = Path(run_dir) / METADATA
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{run_dir} is not a recsys run directory (no {METADATA})") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    domain = meta.get("domain") if isinstance(meta, dict) else None
-    if domain != "recsys":
-        raise ValueError(f"{path} is not the metadata of a recsys run (domain {domain!r})")
+    """The run's metadata.json (armor's reader: missing, damaged or mistyped files are clear errors), checked to
+    be a recsys run's."""
+    meta = ckpt.load_metadata(run_dir)
+    if meta.get("domain") != "recsys":
+        raise ValueError(f"{Path(run_dir) / METADATA} is not the metadata of a recsys run (domain "
+                         f"{meta.get('domain')!r})")
     return meta
 
 

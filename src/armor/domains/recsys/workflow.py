@@ -37,8 +37,9 @@ GATES = {"hr": "hr@10", "robust-hr": "robust_hr@10", "ndcg": "ndcg@10", "robust-
 
 
 def train(options: dict[str, Any], out: Path, *, quiet: bool = True) -> Any:
-    """`armor train --domain recsys [--recipe bpr|apr] [--eps 0.5 --eps-unit absolute] ...`."""
-    from .train import DEFAULTS, train_recommender
+    """`armor train --domain recsys [--recipe bpr|apr] [--eps 0.5 --eps-unit absolute] ...`; with ``--resume RUN``
+    the run's own settings are the defaults (options given again must agree with them)."""
+    from .train import DEFAULTS, read_metadata, train_recommender
 
     norm = options.get("norm")
     if norm not in (None, "l2"):
@@ -47,22 +48,31 @@ def train(options: dict[str, Any], out: Path, *, quiet: bool = True) -> Any:
         if options.get(key) is not None:
             raise ValueError(f"--{key.replace('_', '-')} does not apply to --domain recsys (its recipes: bpr, apr "
                              f"with --adv-weight and --adv-start)")
-    recipe = options.get("recipe") or "bpr"
-    eps = options.get("eps")
+    saved: dict[str, Any] = {}
+    if options.get("resume") and (Path(out) / "metadata.json").exists():
+        cfg = read_metadata(out)["config"]
+        saved = {"interactions": cfg["data"]["source"], "recommender": cfg["model"], "recipe": cfg["recipe"],
+                 "eps": cfg["threat"]["eps"], "eps_unit": cfg["threat"]["unit"], "seed": cfg["seed"],
+                 "epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "lr": cfg["lr"], "embedding_dim": cfg["dim"],
+                 "adv_weight": cfg["adv_weight"], "adv_start": cfg["adv_start"], "reg": cfg["reg"],
+                 "layers": cfg["layers"], "split_seed": cfg["split_seed"],
+                 "data_options": {k: v for k, v in cfg["data"].items() if k != "source"} or None}
+    opts = {**saved, **{k: v for k, v in options.items() if v is not None}}
+    recipe = opts.get("recipe") or "bpr"
     kwargs: dict[str, Any] = {}
     for key, name in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("embedding_dim", "dim"),
-                      ("adv_weight", "adv_weight"), ("adv_start", "adv_start")):
-        if options.get(key) is not None:
-            kwargs[name] = options[key]
+                      ("adv_weight", "adv_weight"), ("adv_start", "adv_start"), ("reg", "reg"), ("layers", "layers"),
+                      ("split_seed", "split_seed"), ("data_options", "data_options")):
+        if opts.get(key) is not None:
+            kwargs[name] = opts[key]
     if recipe != "apr":
         for key in ("adv_weight", "adv_start"):
             if key in kwargs:
                 raise ValueError(f"--{key.replace('_', '-')} applies to recipe apr only")
-    return train_recommender(options.get("interactions") or options.get("dataset") or "ml-100k",
-                             model=options.get("recommender") or options.get("model") or "mf", recipe=recipe,
-                             out_dir=out, eps=DEFAULTS["eps"] if eps is None else eps,
-                             eps_unit=options.get("eps_unit") or DEFAULTS["eps_unit"],
-                             seed=options.get("seed") or 0, resume=bool(options.get("resume")), quiet=quiet, **kwargs)
+    return train_recommender(opts.get("interactions") or opts.get("dataset") or "ml-100k",
+                             model=opts.get("recommender") or opts.get("model") or "mf", recipe=recipe, out_dir=out,
+                             eps=opts.get("eps", DEFAULTS["eps"]), eps_unit=opts.get("eps_unit") or DEFAULTS["eps_unit"],
+                             seed=opts.get("seed") or 0, resume=bool(options.get("resume")), quiet=quiet, **kwargs)
 
 
 def evaluate(run_dir: Path, options: dict[str, Any], *,
