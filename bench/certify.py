@@ -4,13 +4,15 @@ For digits (small-cnn, 8x8) and Fashion-MNIST (small-cnn, a seeded 10k training 
 a standard, a PGD-AT and a CROWN-IBP-trained model (armor's ``ibp`` recipe), each measured on the same test
 points by
 
-* certified accuracy: ``armor.certify.certify`` with IBP alone and with CROWN (the cascade IBP -> CROWN-IBP ->
-  CROWN), a lower bound on the model's robust accuracy;
 * attacked accuracy: ``armor.evaluate`` worst case over a suite (default "fast": PGD-10 + APGD-CE), an upper
-  bound.
+  bound;
+* certified accuracy: ``armor.certify.certify`` with IBP alone (on every point: a point IBP certifies and the
+  attack broke would mean an unsound bound, and the script stops) and with CROWN (the cascade IBP -> CROWN-IBP ->
+  CROWN) on the points the attack left: a point an attack broke cannot be certified by a sound bound, and CROWN
+  costs about 3 s per uncertified 28x28 point on 2 loaded cores, so this gives the same figure for a fraction of
+  the time (the soundness of CROWN on points it is run on is what tests/test_certify.py checks).
 
-Every certified point is checked against the attack: a point certified and broken would mean an unsound bound,
-and the script stops. Weights are cached under bench/.cache/certify (keyed by the settings).
+Weights are cached under bench/.cache/certify (keyed by the settings).
 
     .venv/bin/python bench/certify.py                 # the table, printed and written to bench/.cache/certify/
     .venv/bin/python bench/certify.py --quick         # tiny sizes, to check the script
@@ -41,7 +43,8 @@ THREATS = (("linf", 0.1), ("l2", 0.5))
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="digits,fashion-mnist")
-    p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--n-test", type=int, default=500, help="digits test points")
+    p.add_argument("--fashion-test", type=int, default=200, help="Fashion-MNIST test points")
     p.add_argument("--fashion-train", type=int, default=10000)
     p.add_argument("--suite", default="fast")
     p.add_argument("--threads", type=int, default=1)
@@ -88,7 +91,8 @@ def main() -> None:
             g = torch.Generator().manual_seed(0)
             n = 1000 if args.quick else args.fashion_train
             full = full.subset(torch.randperm(len(full), generator=g)[:n].sort().values)
-        test = load_dataset(dataset, "test").subset(50 if args.quick else args.n_test)
+        n_test = args.fashion_test if dataset == "fashion-mnist" else args.n_test
+        test = load_dataset(dataset, "test").subset(50 if args.quick else n_test)
         x, y = test.tensors()
         settings = SETTINGS[dataset]
         std_model, std_s = train(dataset, full, "standard", {}, None, settings, args.quick)
@@ -100,10 +104,10 @@ def main() -> None:
                 else:
                     model, train_s = train(dataset, full, recipe, params, threat, settings, args.quick)
                 model.eval()
-                ibp = certify(model, x, y, threat, "ibp")
-                crown = certify(model, x, y, threat, "crown")
                 res = armor.evaluate(model, (x, y), threat, suite=args.suite, seed=0)
-                broken = int((crown.certified & ~res.robust.cpu()).sum())
+                ibp = certify(model, x, y, threat, "ibp")
+                crown = certify(model, x, y, threat, "crown", only=res.robust.cpu())
+                broken = int((ibp.certified & ~res.robust.cpu()).sum())
                 row = {"dataset": dataset, "threat": f"{norm} {eps:g}", "model": label, "n": len(y),
                        "clean": res.clean_accuracy, "certified_ibp": ibp.accuracy, "certified_crown": crown.accuracy,
                        "attacked": res.robust_accuracy, "gap": res.robust_accuracy - crown.accuracy,
@@ -112,7 +116,7 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if broken:
-                    raise SystemExit(f"UNSOUND: {broken} points certified by CROWN and broken by the attack: {row}")
+                    raise SystemExit(f"UNSOUND: {broken} points certified by IBP and broken by the attack: {row}")
     load_avg = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     CACHE.mkdir(parents=True, exist_ok=True)
     out = CACHE / ("quick.json" if args.quick else "results.json")
