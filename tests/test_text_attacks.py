@@ -60,7 +60,9 @@ def test_every_adversarial_sentence_satisfies_every_constraint(trained, wordnet)
     res = run_attacks(target, sentences, labels, list(RECIPES), threat, seed=0, wordnet=wordnet,
                       similarity=similarity)
     wins = sum(r["status"] == "success" for rows in res["examples"].values() for r in rows)
-    assert wins >= 60  # measured 107 of 200 (40 sentences x 5 recipes): the check below is not vacuous
+    # the check below is not vacuous: 158, 162, 160, 166 of 200 (40 sentences x 5 recipes) succeeded for
+    # training seeds 0-3 (this test uses seed 0)
+    assert wins >= 100
     assert check_all(res, sentences, threat, wordnet=wordnet, similarity=similarity) == []
     for rows in res["examples"].values():
         for r in rows:
@@ -103,10 +105,11 @@ def test_attacks_lower_the_accuracy_of_a_trained_model(trained, wordnet):
     model, vocab, tokens, labels = trained
     res = run_attacks(TargetModel(model, vocab), tokens, labels, ["pwws", "deepwordbug"],
                       TextThreat(min_similarity=0.0), seed=0, wordnet=wordnet)
-    # Measured on these 60 sentences for training seeds 0-3: clean 0.58-0.65, worst case 0.10-0.17 (drops of
-    # 0.43-0.52); the bound leaves 0.13 below the smallest drop.
-    assert res["clean_accuracy"] >= 0.55
-    assert res["clean_accuracy"] - res["robust_accuracy"] >= 0.30
+    # Measured on these 60 sentences for training seeds 0-3 (this fixture trained with seeds 0..3):
+    # clean 0.600, 0.567, 0.583, 0.450; worst case 0.183, 0.183, 0.167, 0.250 (drops 0.417, 0.383, 0.417,
+    # 0.200). The fixture uses seed 0; the bounds hold for every seed measured.
+    assert res["clean_accuracy"] >= 0.40
+    assert res["clean_accuracy"] - res["robust_accuracy"] >= 0.15
     per = res["per_attack"]
     assert res["robust_accuracy"] <= min(r["accuracy"] for r in per.values())  # the worst case is per sentence
     assert all(0 < r["words_changed"] <= 0.2 + 1e-9 for r in per.values())

@@ -20,7 +20,7 @@ from .threat import TextThreat
 from .workflow import evaluate
 
 PRESETS = {
-    "text": {"corpus": "mr", "arch": "cnn", "epochs": 4, "n": 200, "suite": "pwws,textfooler,deepwordbug,a2t",
+    "text": {"corpus": "mr", "arch": "cnn", "epochs": 4, "n": 100, "suite": "pwws,textfooler,deepwordbug,a2t",
              "threat": TextThreat(max_change=0.2, min_similarity=0.84, query_budget=2000),
              "recipes": (("standard", "standard", {}), ("embed-pgd", "embed-pgd", {}), ("a2t", "a2t", {}))},
 }
