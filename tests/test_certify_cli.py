@@ -27,7 +27,7 @@ def _train(recipe, params, seed, out=None):
     model = build_model(model_spec("mlp", train, hidden=[64]))
     adversarial = recipe != "standard"
     return Trainer(model, train, recipe=recipe, recipe_params=params, threat=THREAT if adversarial else None,
-                   epochs=12, eps_warmup=6 if adversarial else 0, batch_size=64, lr=0.05, seed=seed, val_steps=0,
+                   epochs=8, eps_warmup=4 if adversarial else 0, batch_size=64, lr=0.05, seed=seed, val_steps=0,
                    out_dir=out, info={"dataset": "digits"}).fit()
 
 
@@ -41,19 +41,19 @@ def ibp_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(ibp_run):
     result = runner.invoke(app, ["evaluate", str(ibp_run), "--n", "60", "--suite", "fast", "--no-extras",
-                                 "--certify", "crown", "--quiet", "--threads", "1"])
+                                 "--certify", "crown", "--eps-grid", "0,0.05,0.1,0.2", "--quiet", "--threads", "1"])
     assert result.exit_code == 0, result.output
     return ibp_run / "eval" / "results.json", result.output
 
 
 def test_ibp_training_certifies_what_standard_training_does_not():
-    """IBP-certified accuracy at linf 0.1 on 200 digits test points, tiny MLP, 12 epochs: measured 0.36, 0.36,
-    0.395 for IBP training (seeds 0-2) and 0.0 for standard training on every seed."""
+    """IBP-certified accuracy at linf 0.1 on 200 digits test points, tiny MLP, 8 epochs: measured 0.265 to 0.28 for
+    IBP training (seeds 0-3) and 0.0 for standard training on every seed."""
     test = load_dataset("digits", "test")
     x, y = test.x[:200], test.y[:200]
     trained = certify(_train("ibp", {"bound": "ibp"}, 1).model, x, y, THREAT, "ibp").accuracy
     standard = certify(_train("standard", {}, 1).model, x, y, THREAT, "ibp").accuracy
-    assert trained > 0.25 and standard < 0.05, (trained, standard)
+    assert trained > 0.15 and standard < 0.05, (trained, standard)
 
 
 class _Ctx:
@@ -101,7 +101,7 @@ def test_evaluate_records_the_certified_lower_bound_next_to_the_attacked_one(eva
     entry = json.loads(path.read_text())
     assert entry["certificate"]["method"] == "crown" and entry["certificate"]["classifier"] == "model"
     assert entry["certificate"]["certified_and_broken"] == 0
-    assert 0.2 < entry["certified_accuracy"] <= entry["robust_accuracy"]
+    assert 0.1 < entry["certified_accuracy"] <= entry["robust_accuracy"]
     assert entry["certificate"]["gap"] == pytest.approx(entry["robust_accuracy"] - entry["certified_accuracy"])
     curve = entry["curve"]
     assert all(p["certified_accuracy"] <= p["robust_accuracy"] for p in curve)
