@@ -96,7 +96,7 @@ def test_report_has_the_recommenders_section(evaluated, tmp_path):
     assert r.exit_code == 0, r.output
     html = (tmp_path / "r.html").read_text()
     assert "Recommenders: ranking quality under embedding perturbations" in html
-    assert "worst-case HR@10" in html and "pgd-rank (oracle)" in html
+    assert "worst-case HR@10" in html and "pgd-rank (oracle)" in html and "the suite's strongest attack" in html
 
 
 @pytest.mark.parametrize("args,match", [
@@ -130,6 +130,10 @@ def test_the_demo_plumbing_on_a_tiny_preset(udata, tmp_path, monkeypatch):
     assert summary["robust_hr@10"]["values"] == [per_seed[s]["robust_hr@10"] for s in ("0", "1", "2")]
     assert data["models"]["bpr"]["injection"]["budget"]["fake_users"] == 3
     assert "Over training seeds" in (tmp_path / "demo" / "report.html").read_text()
+    from armor.domains.recsys.workflow import summary as table
+
+    title, columns, rows = table(data["models"])  # what `armor demo` prints: medians over the seeds
+    assert "over training seeds" in title and columns[2] == "seeds" and rows[0][2] == "3"
     assert res["recsys_claims"]["robust_hr@10_gain"]["median"] == pytest.approx(
         summary["robust_hr@10"]["median"] - data["models"]["bpr"]["seed_summary"]["robust_hr@10"]["median"])
 

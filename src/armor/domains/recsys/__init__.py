@@ -25,9 +25,9 @@ _SECTION = """
   <h2>Recommenders: ranking quality under embedding perturbations</h2>
   <p class="lead">Each user's latest interaction is held out; the figures are HR@10 / NDCG@10 of those items
   ranked against every item the user has not interacted with ({{ n_text }} users). Attacks move every user and
-  item embedding within an L2 ball ({{ unit_text }}); the <b>worst case</b> counts a user as a hit only if every
-  attack of the suite left the held-out item in the top 10. The oracle attack also knows the held-out items: it
-  bounds the damage and is not part of the worst case.</p>
+  item embedding within an L2 ball ({{ unit_text }}); the <b>worst case</b> is the suite's strongest attack,
+  per metric (one perturbation of the whole system, which every user sees). The oracle attack also knows the
+  held-out items: it bounds the damage and is not part of the worst case.</p>
   <table>
     <tr><th>model</th><th>recommender</th><th>recipe</th><th>threat</th><th class="num">HR@10</th>
         <th class="num">NDCG@10</th>{% for a in attacks %}<th class="num">{{ a }} HR@10</th>{% endfor %}

@@ -126,18 +126,26 @@ def validate(name: str, entry: dict, where: str) -> None:
 
 
 def summary(models: dict) -> tuple[str, list[str], list[list[str]]]:
-    """The table `armor evaluate` and `armor demo` print: HR@10 / NDCG@10 clean, per attack, worst case."""
+    """The table `armor evaluate` and `armor demo` print: HR@10 / NDCG@10 clean, per attack, worst case; a demo's
+    entries (with ``seed_summary``) as medians over the training seeds with their range."""
     from ...app.results import threat_label
 
     first = next(iter(models.values()))
+    head = f"recsys on {first.get('dataset')}, {threat_label(first)}, {first.get('n')} users"
+    if all(isinstance(m.get("seed_summary"), dict) for m in models.values()):
+        def spread(s: dict) -> str:
+            return f"{s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
+
+        rows = [[name, f"{m.get('model')} {m.get('recipe')}", str(m["seed_summary"]["n"]),
+                 *[spread(m["seed_summary"][k]) for k in ("hr@10", "ndcg@10", "robust_hr@10", "robust_ndcg@10")],
+                 f"{m['seed_summary']['train_seconds']['median']:.1f}"] for name, m in models.items()]
+        return (f"{head}: median [min, max] over training seeds", ["model", "recipe", "seeds", "HR@10", "NDCG@10",
+                "worst HR@10", "worst NDCG@10", "train s"], rows)
     attacks: list[str] = []
-    for m in models.values():
-        attacks += [a for a in m.get("per_attack") or {} if a not in attacks]
     oracle: list[str] = []
     for m in models.values():
+        attacks += [a for a in m.get("per_attack") or {} if a not in attacks]
         oracle += [a for a in m.get("oracle") or {} if a not in oracle]
-    title = (f"recsys on {first.get('dataset')}, {threat_label(first)}, {first.get('n')} users "
-             f"(HR@10 / NDCG@10 of the held-out items, full ranking)")
 
     def cell(d: Optional[dict]) -> str:
         return "-" if not d else f"{d['hr@10']:.3f} / {d['ndcg@10']:.3f}"
@@ -146,8 +154,8 @@ def summary(models: dict) -> tuple[str, list[str], list[list[str]]]:
              cell({"hr@10": m["robust_hr@10"], "ndcg@10": m["robust_ndcg@10"]}),
              *[cell((m.get("oracle") or {}).get(a)) for a in oracle], f"{m.get('train_seconds') or 0:.1f}"]
             for name, m in models.items()]
-    return title, ["model", "recipe", "clean", *attacks, "worst case", *[f"{a} (oracle)" for a in oracle],
-                   "train s"], rows
+    return (f"{head} (HR@10 / NDCG@10 of the held-out items, full ranking)",
+            ["model", "recipe", "clean", *attacks, "worst case", *[f"{a} (oracle)" for a in oracle], "train s"], rows)
 
 
 WORKFLOW = Workflow(train=train, evaluate=evaluate, options=OPTIONS, validate=validate, gates=GATES, summary=summary)
