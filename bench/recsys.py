@@ -3,7 +3,7 @@
 For each seed, trains MF with BPR and with APR (AMF.py's protocol: BPR first, then the adversarial term; eps 0.5
 absolute, adversarial weight 1, embedding 64, Adagrad lr 0.05, batch 512) side by side in one process, and
 measures HR@10 / NDCG@10 clean and under every embedding attack at several eps (absolute and relative), plus the
-wall time of each training. Writes bench/recsys_results.json and prints a Markdown table (median [min, max]
+wall time of each training. Writes OUT/recsys_results.json and prints a Markdown table (median [min, max]
 over seeds) for bench/RESULTS.md.
 
     python bench/recsys.py --epochs 100 --seeds 0,1,2 --out /tmp/recsys-bench
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--eps", type=float, default=0.5)
     ap.add_argument("--out", default="/tmp/recsys-bench")
-    ap.add_argument("--json", default=str(Path(__file__).with_name("recsys_results.json")))
+    ap.add_argument("--json", default=None, help="where the results JSON goes (default: OUT/recsys_results.json)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -75,7 +75,7 @@ def main() -> None:
     result = {"data": args.data, "epochs": args.epochs, "adv_start": args.adv_start or args.epochs // 2,
               "eps": args.eps, "seeds": seeds, "runs": {r: {str(s): v for s, v in d.items()} for r, d in rows.items()},
               "load": load, "torch": torch.__version__, "cpus": os.cpu_count()}
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.json or out / "recsys_results.json").write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
 
 
