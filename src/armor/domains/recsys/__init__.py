@@ -59,6 +59,22 @@ _SECTION = """
     {% endfor %}
   </table>
   {% endif %}
+  {% if injections %}
+  <h3>Fake-profile injection (data poisoning, retrained)</h3>
+  <table>
+    <tr><th>model</th><th class="num">target</th><th>fillers</th><th class="num">fake users</th>
+        <th class="num">ratings each</th><th class="num">target's mean position (real users)</th>
+        <th class="num">target in top 10</th><th class="num">real users' HR@10</th></tr>
+    {% for name, j in injections.items() %}
+    <tr><td>{{ name }}</td><td class="num">{{ j.target }}</td><td>{{ j.strategy }}</td>
+        <td class="num">{{ j.budget.fake_users }} ({{ pct(j.budget.share_of_users) }} of users)</td>
+        <td class="num">{{ j.budget.ratings_per_fake_user }}</td>
+        <td class="num">{{ num(j.position_before.mean, 0) }} &rarr; {{ num(j.position_after.mean, 0) }}</td>
+        <td class="num">{{ pct(j.top10_before) }} &rarr; {{ pct(j.top10_after) }}</td>
+        <td class="num">{{ num(j["real_hr@10_before"], 3) }} &rarr; {{ num(j["real_hr@10_after"], 3) }}</td></tr>
+    {% endfor %}
+  </table>
+  {% endif %}
   {% if curve %}<img class="fig" alt="worst-case HR@10 against eps" src="{{ curve }}">{% endif %}
 """
 
@@ -74,7 +90,9 @@ def _section_context(models: dict, artifacts: dict) -> Optional[dict]:
         oracle += [a for a in m.get("oracle", {}) or {} if a not in oracle]
     units = sorted({(m.get("threat") or {}).get("unit", "absolute") for m in recs.values()})
     seeds = [m["seed_summary"] for m in recs.values() if isinstance(m.get("seed_summary"), dict)]
+    injections = {n: m["injection"] for n, m in recs.items() if isinstance(m.get("injection"), dict)}
     return {"models": recs, "attacks": attacks, "oracle": oracle, "curve": _curve_figure(recs), "seeds": seeds,
+            "injections": injections,
             "unit_text": "; ".join(UNITS.get(u, u) for u in units),
             "n_text": "/".join(str(n) for n in sorted({m.get("n") for m in recs.values()}))}
 
