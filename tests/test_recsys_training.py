@@ -185,3 +185,44 @@ def test_lightgcn_learns_the_planted_preferences_and_attacks_lower_it(data, tmp_
     assert m["clean"]["hr@10"] - min(m["per_attack"]["fgsm"]["hr@10"], m["per_attack"]["pgd"]["hr@10"]) >= 0.02
     again = load_recommender(tmp_path / "lg", interactions=data)  # the graph is rebuilt from the split
     assert measure(again.model, Context.from_split(again.split), THREAT, attacks=("fgsm",), seed=0)["clean"] == m["clean"]
+
+
+def test_a_sigkilled_run_resumes_bit_for_bit(tmp_path):
+    # A real kill: the child trains, and after its epoch-3 checkpoint its callback announces itself and sleeps;
+    # the parent SIGKILLs it there (no race: the checkpoint is on disk before the announcement).
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    opts = dict(recipe="apr", epochs=5, adv_start=1, batch_size=64, eps=0.3, eps_unit="relative", seed=11)
+    code = f"""
+import sys, time, torch
+torch.set_num_threads(1)
+from pathlib import Path
+from armor.domains.recsys.data import synthetic
+from armor.domains.recsys.train import train_recommender
+def cb(epoch, record):
+    if epoch == 3:
+        Path(sys.argv[2]).write_text("3")
+        time.sleep(120)
+train_recommender(synthetic(60, 40, 8, seed=2), out_dir=sys.argv[1], callback=cb, **{opts!r})
+"""
+    marker = tmp_path / "at3"
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "killed"), str(marker)])
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert child.poll() is None, "the child ended before its epoch-3 checkpoint"
+            assert time.monotonic() < deadline, "the child did not reach epoch 3 in 120 s"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    d = synthetic(60, 40, 8, seed=2)
+    resumed = train_recommender(d, out_dir=tmp_path / "killed", resume=True, **opts)
+    whole = train_recommender(d, out_dir=tmp_path / "whole", **opts)
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "killed" / "model.safetensors").read_bytes()
+    assert resumed.metadata["resume"]["resumes"] == 1

@@ -47,6 +47,7 @@ _SECTION = """
   </table>
   {% if seeds %}
   <h3>Over training seeds (median [min, max])</h3>
+  <p class="muted">The table above and the curve show each recipe's first seed; this one, every seed.</p>
   <table>
     <tr><th>recipe</th><th class="num">seeds</th><th class="num">HR@10</th><th class="num">NDCG@10</th>
         <th class="num">worst-case HR@10</th><th class="num">worst-case NDCG@10</th><th class="num">train time</th></tr>
