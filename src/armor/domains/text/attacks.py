@@ -104,7 +104,7 @@ def embedding_table() -> tuple[list[str], dict[str, int], torch.Tensor]:
     pieces = (root / "vocab.txt").read_text(encoding="utf-8").split("\n")
     keep = [i for i, w in enumerate(pieces[:weight.shape[0]]) if len(w) > 1 and w.isalpha() and w.isascii()]
     words = [pieces[i] for i in keep]
-    mat = nn.functional.normalize(weight[keep], dim=-1)
+    mat = nn.functional.normalize(weight[keep].double(), dim=-1)
     return words, {w: i for i, w in enumerate(words)}, mat
 
 
@@ -123,10 +123,13 @@ def neighbours(words: Sequence[str], k: int) -> dict[str, tuple[str, ...]]:
     for b in range(0, len(todo), 256):
         block = todo[b:b + 256]
         rows = torch.tensor([index[w] for w in block])
-        cos = mat[rows] @ mat.T
+        # float64 and rounding to 1e-9 so that a word's neighbours do not depend on which block it was computed
+        # in (float32 products of other shapes differ in the last bits and would reorder near-ties)
+        cos = torch.round(mat[rows] @ mat.T, decimals=9)
         cos[torch.arange(len(block)), rows] = -1
-        top = torch.topk(cos, k, dim=1)
-        for w, vals, ids in zip(block, top.values.tolist(), top.indices.tolist()):
+        order = torch.sort(-cos, dim=1, stable=True).indices[:, :k]  # ties: the lower index first
+        top_vals = torch.gather(cos, 1, order)
+        for w, vals, ids in zip(block, top_vals.tolist(), order.tolist()):
             _NEIGHBOURS[(w, k)] = tuple(table[i] for c, i in zip(vals, ids) if c >= NEIGHBOUR_MIN_COSINE)
     return {w: _NEIGHBOURS[(w, k)] for w in words}
 

@@ -14,8 +14,9 @@ Recipes (``recipe``):
                divided by ``steps``), so the adversarial steps also train; no separate clean pass
 ``a2t``        A2T: after one clean epoch, ``adv_ratio`` of each batch's sentences are attacked with the cheap
                ``a2t`` recipe (gradient word importance, WordNet + embedding swaps, the run's word budget, stop
-               word and POS constraints, ``query_budget`` 200; the similarity floor is not applied while training,
-               for speed: evaluation always applies it) and the adversarial sentences are added to the batch
+               word and POS constraints, ``query_budget`` 200 and ``candidates`` 8 per word and transformation; the
+               similarity floor is not applied while training, for speed: evaluation always applies it) and the
+               adversarial sentences are added to the batch
 
 Batches are padded to their own longest sentence. Every epoch draws its shuffling, dropout and attack
 randomness from ``derive_seed(seed, ..., epoch)``, and a checkpoint (weights, optimizer, epoch, time) is written
@@ -47,7 +48,7 @@ TRAIN_RECIPES = {
     "standard": {},
     "embed-pgd": {"radius": 0.1, "steps": 2, "step_size": 0.05, "adv_ratio": 0.5},
     "freelb": {"radius": 0.1, "steps": 2, "step_size": 0.05},
-    "a2t": {"adv_ratio": 0.5, "query_budget": 200},
+    "a2t": {"adv_ratio": 0.5, "query_budget": 200, "candidates": 8},
 }
 
 
@@ -217,7 +218,8 @@ def _a2t_batch(model: nn.Module, vocab: Vocab, toks: list[list[str]], y: torch.T
 
     from .attacks import TargetModel, Transformations, attack_batch, recipe as attack_recipe
 
-    train_threat = replace(threat, min_similarity=0.0, query_budget=int(params["query_budget"]))
+    train_threat = replace(threat, min_similarity=0.0, query_budget=int(params["query_budget"]),
+                           max_candidates=int(params["candidates"]))
     target = TargetModel(model, vocab)
     model.eval()
     chosen = sorted(rng.sample(range(len(toks)), max(1, round(params["adv_ratio"] * len(toks)))))
