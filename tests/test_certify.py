@@ -262,6 +262,12 @@ def test_armor_models_it_supports_are_bounded_and_unknown_methods_refused():
         assert cert.accuracy == 1.0
     with pytest.raises(ValueError, match="crown-ibp"):
         certify(model, x, y, armor.ThreatModel("linf", 0.1), method="lirpa")
+    with pytest.raises(ValueError, match="out of range"):
+        certify(model, x, torch.tensor([0, 1, 10]), armor.ThreatModel("linf", 0.1))
+    with pytest.raises(ValueError, match="expects N×1×8×8 input|do not chain"):
+        certify(model, torch.rand(3, 1, 9, 9), y, armor.ThreatModel("linf", 0.1))
+    with pytest.raises(ValueError, match="outside the threat model's bounds"):
+        certify(model, x + 2, y, armor.ThreatModel("linf", 0.1))
 
 
 # ---------------------------------------------------------------------------------------------- smoothing

@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..threat import Norm, ThreatModel
+from ..threat import Norm, ThreatModel, check_inputs
 from .network import Op, chain
 
 METHODS = ("ibp", "crown-ibp", "crown")
@@ -284,9 +284,13 @@ def certify(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Th
     check_method(method)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(threat, ThreatModel):
+        raise ValueError(f"threat must be an armor.ThreatModel, got {type(threat).__name__}")
+    check_inputs(x, y, None, threat)
     t0 = time.perf_counter()
     if ops is None:
         ops = chain(model, x.shape[1:])
+    check_inputs(x, y, ops[-1].out_shape[0])
     ops64 = [op.to(torch.float64) for op in ops]
     device = next((p.device for p in model.parameters()), x.device)
     cascade = METHODS[:METHODS.index(method) + 1]
