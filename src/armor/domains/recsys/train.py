@@ -77,7 +77,7 @@ def sample_negatives(users: torch.Tensor, train_mask: torch.Tensor, generator: t
     n_items = train_mask.shape[1]
     neg = torch.randint(0, n_items, users.shape, generator=generator)
     bad = train_mask[users, neg]
-    while bad.any():  # rejection: redraw only the collisions (a user never has every item)
+    while bad.any():  # rejection: redraw only the collisions (ends: a held-out item is never in training)
         idx = bad.nonzero().squeeze(1)
         neg[idx] = torch.randint(0, n_items, idx.shape, generator=generator)
         bad = train_mask[users, neg]
