@@ -102,7 +102,7 @@ def test_report_has_the_recommenders_section(evaluated, tmp_path):
 @pytest.mark.parametrize("args,match", [
     (("--norm", "linf"), "L2 balls"), (("--steps", "3"), "--steps does not apply"),
     (("--interactions", "nowhere.csv"), "no interactions file"), (("--adv-weight", "2"), "apr only"),
-    (("--recommender", "svd"), "unknown recommender"),
+    (("--recommender", "svd"), "unknown recommender"), (("--kappa", "0.1"), "--kappa do not apply to --domain recsys"),
 ])
 def test_train_refuses_what_does_not_apply(args, match, tmp_path):
     r = invoke("train", "--domain", "recsys", *args, "--out", tmp_path / "x", "--quiet")

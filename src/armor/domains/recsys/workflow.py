@@ -33,6 +33,10 @@ OPTIONS = {
                                    "epochs: BPR pre-training first, as APR)."),
     "embedding_dim": Option(int, None, "recsys: embedding size (default 64)."),
 }
+# What recsys takes besides its own options (the app's shared ones; epochs, batch_size and lr once the app
+# passes them to workflows).
+_SHARED = {"recipe", "eps", "norm", "seed", "out", "quiet", "resume", "steps", "step_size", "adv_ratio", "epochs",
+           "batch_size", "lr", "dataset", "model"}
 GATES = {"hr": "hr@10", "robust-hr": "robust_hr@10", "ndcg": "ndcg@10", "robust-ndcg": "robust_ndcg@10"}
 
 
@@ -48,6 +52,10 @@ def train(options: dict[str, Any], out: Path, *, quiet: bool = True) -> Any:
         if options.get(key) is not None:
             raise ValueError(f"--{key.replace('_', '-')} does not apply to --domain recsys (its recipes: bpr, apr "
                              f"with --adv-weight and --adv-start)")
+    foreign = sorted(k for k, v in options.items() if v is not None and k not in OPTIONS and k not in _SHARED)
+    if foreign:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in foreign)} do not apply to --domain recsys "
+                         f"(its own options: {', '.join('--' + k.replace('_', '-') for k in OPTIONS)})")
     saved: dict[str, Any] = {}
     if options.get("resume") and (Path(out) / "metadata.json").exists():
         cfg = read_metadata(out)["config"]
