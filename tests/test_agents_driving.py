@@ -34,6 +34,8 @@ class Lanes(gym.Env):
     hazard is the row whose feature 1 is largest (rows 0..4 = actions 0..4). Acting the hazard's index crashes
     (terminated, ``info["crashed"]``); otherwise reward 1, for at most 8 steps."""
 
+    metadata = {"render_modes": ["rgb_array"]}
+
     def __init__(self, render_mode=None):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (V, F), np.float32)
         self.action_space = gym.spaces.Discrete(V)
@@ -199,6 +201,24 @@ def test_highway_crash_rate_matches_the_environment():
     env.close()
     assert ev.failed["clean"] == expected
     assert ev.summary()["clean"]["failure_share"] == pytest.approx(np.mean(expected))
+
+
+def test_highway_filmstrip_frames_and_blank_frames_are_a_note(monkeypatch):
+    pytest.importorskip("highway_env")
+    from armor.domains.agents import filmstrip
+
+    pi = nn.Linear(V * F, V)
+    adapter = PolicyAdapter(lambda o: D.Categorical(logits=pi(o.reshape(len(o), -1))), None, True, pi)
+    threat = observation_threat(IDENTITY, "linf", 0.1)
+    arrays, info = filmstrip.record_filmstrip(adapter, "highway-fast-v0", IDENTITY, threat, {"clean": None}, seed=0,
+                                              frames=3, lengths={"clean": 4}, failure_key="crashed")
+    stack = arrays["film_clean"]
+    assert stack.shape == (3, 50, 200, 3) and stack.std() > 10 and info["episodes"]["clean"]["steps"] == [0, 2, 4]
+    # a renderer that draws nothing: a note, not a black filmstrip
+    monkeypatch.setitem(TASKS, LANES, Task())
+    monkeypatch.setattr(Lanes, "render", lambda self: np.zeros((20, 40, 3), np.uint8), raising=False)
+    arrays, info = filmstrip.record_filmstrip(Policy().adapter(), LANES, IDENTITY, threat, {"clean": None}, seed=0)
+    assert arrays == {} and "blank frames" in info["note"]
 
 
 def test_bad_inputs_name_the_space_and_the_package(tmp_path, monkeypatch):

@@ -6,15 +6,15 @@ from the first state to the last one (a crash shows in the last frame), and shri
 to at most ``width`` pixels wide. The arrays are stored with the run's evaluation (``artifacts.npz``) and drawn by
 the report's agents section (:func:`filmstrip_figure`, a base64 PNG in the self-contained HTML).
 
-Rendering needs the environment's renderer (pygame for classic control and highway-env, MuJoCo's for MuJoCo).
-When it is missing or fails, :func:`record_filmstrip` returns no frames and a note saying why; the evaluation
-and the report go on without the filmstrip.
+Rendering needs the environment's renderer (pygame for classic control and highway-env, MuJoCo's for MuJoCo);
+no display is needed (``rgb_array`` renders off screen; do not set ``SDL_VIDEODRIVER=dummy``: highway-env then
+draws black frames). When rendering is missing, fails or draws only blank frames, :func:`record_filmstrip`
+returns no frames and a note saying why; the evaluation and the report go on without the filmstrip.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Optional
 
 import numpy as np
@@ -62,7 +62,6 @@ def record_filmstrip(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNor
     length}``, known from the evaluation) saves playing each episode once more to learn where to take frames."""
     if not isinstance(env_id, str):
         return {}, {"note": "not rendered: the environment was given as an object, not a gymnasium id"}
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders off screen, no display needed
     arrays: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {"seed": int(seed), "episodes": {}}
     for label, attack in attacks.items():
@@ -85,6 +84,10 @@ def record_filmstrip(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNor
         shots = [res.frames.get(t) for t in at]
         if any(s is None or np.asarray(s).ndim != 3 for s in shots):
             return {}, {"note": f"not rendered: {env_id} returned no rgb_array frames"}
+        if all(float(np.asarray(s).std()) < 1.0 for s in shots):
+            # highway-env draws black frames when SDL_VIDEODRIVER=dummy is set (measured: pygame-ce 2.5.8)
+            return {}, {"note": f"not rendered: {env_id} rendered blank frames (with SDL_VIDEODRIVER=dummy "
+                                f"highway-env draws black: unset it)"}
         arrays[f"film_{label}"] = np.stack([downscale(np.asarray(s)[..., :3], width) for s in shots])
         info["episodes"][label] = {"steps": at, "return": res.ret, "length": res.length, "failed": res.failed}
     return arrays, info
