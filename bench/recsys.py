@@ -36,24 +36,28 @@ def main() -> None:
     ap.add_argument("--adv-start", type=int, default=None, help="APR's first adversarial epoch (default: half)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--eps", type=float, default=0.5)
+    ap.add_argument("--model", default="mf", help="mf or lightgcn")
+    ap.add_argument("--recipes", default="bpr,apr")
     ap.add_argument("--out", default="/tmp/recsys-bench")
     ap.add_argument("--json", default=None, help="where the results JSON goes (default: OUT/recsys_results.json)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
-    rows: dict[str, dict[int, dict]] = {"bpr": {}, "apr": {}}
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    rows: dict[str, dict[int, dict]] = {r: {} for r in recipes}
     load = {"start": _uptime()}
     for seed in seeds:
-        for recipe in ("bpr", "apr"):
-            run_dir = out / f"{recipe}-{args.epochs}-seed{seed}"
+        for recipe in recipes:
+            run_dir = out / f"{args.model}-{recipe}-{args.epochs}-seed{seed}"
             extra = {"adv_start": args.adv_start} if recipe == "apr" and args.adv_start is not None else {}
             t0 = time.perf_counter()
             if (run_dir / "model.safetensors").exists():
                 run = load_recommender(run_dir)
             else:
-                run = train_recommender(args.data, recipe=recipe, epochs=args.epochs, eps=args.eps, seed=seed,
-                                        out_dir=run_dir, resume=(run_dir / "metadata.json").exists(), **extra)
+                run = train_recommender(args.data, model=args.model, recipe=recipe, epochs=args.epochs,
+                                        eps=args.eps, seed=seed, out_dir=run_dir,
+                                        resume=(run_dir / "metadata.json").exists(), **extra)
             wall = time.perf_counter() - t0
             ctx = Context.from_split(run.split)
             rec = {"train_seconds": run.metadata["train_seconds"], "wall_seconds": wall,
@@ -72,7 +76,7 @@ def main() -> None:
                   f"train {rec['train_seconds']:.0f}s; " + "; ".join(
                       f"{k}: {v['worst']['hr@10']:.4f}" for k, v in rec["threats"].items()), flush=True)
     load["end"] = _uptime()
-    result = {"data": args.data, "epochs": args.epochs, "adv_start": args.adv_start or args.epochs // 2,
+    result = {"data": args.data, "model": args.model, "epochs": args.epochs, "adv_start": args.adv_start or args.epochs // 2,
               "eps": args.eps, "seeds": seeds, "runs": {r: {str(s): v for s, v in d.items()} for r, d in rows.items()},
               "load": load, "torch": torch.__version__, "cpus": os.cpu_count()}
     Path(args.json or out / "recsys_results.json").write_text(json.dumps(result, indent=1) + "\n")

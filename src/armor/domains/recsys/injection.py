@@ -17,7 +17,7 @@ first, simple injection attack; optimised profiles (gradient-based poisoning) ar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
