@@ -47,6 +47,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fashion-train", type=int, default=10000)
     p.add_argument("--suite", default="fast")
     p.add_argument("--threats", default="linf:0.1,l2:0.5", help="norm:eps pairs")
+    p.add_argument("--models", default=",".join(RECIPES), help="which rows")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--smoothing", action="store_true", help="instead: randomized smoothing on digits (gaussian "
@@ -133,6 +134,8 @@ def main() -> None:
         for norm, eps in [(t.split(":")[0], float(t.split(":")[1])) for t in args.threats.split(",")]:
             threat = armor.ThreatModel(norm, eps)
             for label, (recipe, params) in RECIPES.items():
+                if label not in args.models.split(","):
+                    continue
                 if recipe == "standard":
                     model, train_s = std_model, std_s
                 else:
@@ -153,7 +156,8 @@ def main() -> None:
                     raise SystemExit(f"UNSOUND: {broken} points certified by IBP and broken by the attack: {row}")
     load_avg = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     CACHE.mkdir(parents=True, exist_ok=True)
-    out = CACHE / ("quick.json" if args.quick else f"results-{args.datasets}-{args.threats}.json".replace(":", "_"))
+    out = CACHE / ("quick.json" if args.quick else
+                   f"results-{args.datasets}-{args.threats}-{args.models}.json".replace(":", "_"))
     out.write_text(json.dumps({"rows": rows, "uptime": load_avg, "suite": args.suite,
                                "torch": torch.__version__, "threads": args.threads,
                                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1))
