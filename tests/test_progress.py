@@ -193,7 +193,8 @@ def test_cli_evaluate_and_attack_show_progress_unless_quiet(run_dir, tmp_path):
     r = runner.invoke(app, ["evaluate", str(run_dir), "--n", "30", "--suite", "pgd,apgd-ce", "--batch-size", "10",
                             "--no-extras", "--threads", "1", "--out", str(tmp_path / "e")])
     assert r.exit_code == 0, r.output
-    for text in ("[1/2] worst-case evaluation...", "pgd: ", "apgd-ce: ", "batches", "done in", "[2/2] curve"):
+    for text in ("[1/3] worst-case evaluation...", "pgd: ", "apgd-ce: ", "batches", "done in", "[2/3] curve",
+                 "[3/3] certified bounds"):
         assert text in r.output, text
     r = runner.invoke(app, ["evaluate", str(run_dir), "--n", "30", "--suite", "pgd", "--no-extras", "--quiet",
                             "--threads", "1", "--out", str(tmp_path / "q")])

@@ -28,6 +28,9 @@ CASES = {
     "awp": ["--awp-base", "trades", "--awp-gamma", "0.01", "--awp-warmup", "0", "--steps", "2", "--beta", "3"],
     "multi": ["--multi-threats", "linf:0.1,l2:0.5", "--multi-mode", "avg", "--steps", "2", "--adv-ratio", "1"],
     "cpgd-at": ["--steps", "3", "--adv-ratio", "1", "--step-size", "0.5"],
+    "ibp": ["--certified-bound", "ibp", "--kappa-end", "0.25", "--crown-beta-end", "0.5"],
+    "gaussian": ["--sigma", "0.5"],
+    "smoothadv": ["--sigma", "0.5", "--smooth-samples", "2", "--steps", "1", "--step-size", "0.5"],
 }
 DATASET = {"cpgd-at": "breast-cancer"}  # the others train on digits
 
@@ -114,7 +117,7 @@ def test_config_fields_are_generated_from_the_declarations():
         assert FIELDS[key].default is None  # None: the recipe's own default
         for recipe, p in option.params.items():
             assert any(q.name == p.name and q.config_key == key for q in all_recipes()[recipe].declared_params())
-    assert options["steps"].recipes == ("pgd-at", "trades", "mart", "awp", "multi", "cpgd-at")
+    assert options["steps"].recipes == ("pgd-at", "trades", "mart", "awp", "multi", "smoothadv", "cpgd-at")
     assert options["fast_variant"].params["fast-at"].name == "variant"
     assert options["adv_ratio"].params["awp"].default == 1.0  # awp's own default for its pgd-at base
 
