@@ -120,17 +120,20 @@ def neighbours(words: Sequence[str], k: int) -> dict[str, tuple[str, ...]]:
     for w in [w for w in todo if w not in index]:
         _NEIGHBOURS[(w, k)] = ()
     todo = [w for w in todo if w in index]
+    m32 = mat.float() if todo else None
     for b in range(0, len(todo), 256):
         block = todo[b:b + 256]
         rows = torch.tensor([index[w] for w in block])
-        # float64 and rounding to 1e-9 so that a word's neighbours do not depend on which block it was computed
-        # in (float32 products of other shapes differ in the last bits and would reorder near-ties)
-        cos = torch.round(mat[rows] @ mat.T, decimals=9)
+        # Screen in float32, then rank the few screened candidates by their float64 cosine rounded to 1e-9, ties
+        # by index: a word's neighbours must not depend on which block it was computed in (float32 products of
+        # other shapes differ in the last bits and would reorder near-ties).
+        cos = m32[rows] @ m32.T
         cos[torch.arange(len(block)), rows] = -1
-        order = torch.sort(-cos, dim=1, stable=True).indices[:, :k]  # ties: the lower index first
-        top_vals = torch.gather(cos, 1, order)
-        for w, vals, ids in zip(block, top_vals.tolist(), order.tolist()):
-            _NEIGHBOURS[(w, k)] = tuple(table[i] for c, i in zip(vals, ids) if c >= NEIGHBOUR_MIN_COSINE)
+        screened = torch.topk(cos, min(k + 8, cos.shape[1]), dim=1).indices
+        for w, r, ids in zip(block, rows.tolist(), screened.tolist()):
+            exact = torch.round(mat[ids] @ mat[r], decimals=9).tolist()
+            ranked = sorted(((c, i) for c, i in zip(exact, ids) if i != r), key=lambda p: (-p[0], p[1]))[:k]
+            _NEIGHBOURS[(w, k)] = tuple(table[i] for c, i in ranked if c >= NEIGHBOUR_MIN_COSINE)
     return {w: _NEIGHBOURS[(w, k)] for w in words}
 
 
