@@ -31,7 +31,7 @@ PRESETS = {
                "recipes": (("vanilla", "vanilla", {}), ("sa-ppo", "sa-ppo", {}),
                            ("attacked-obs", "attacked-obs", {"ratio": 0.5}))},
     "driving": {"env": "highway-fast-v0", "eps": 0.2, "total_steps": 4096, "episodes": 10,
-                "suite": "random,critic,mad", "normalizer_steps": 500, "curve": False,
+                "suite": "random,critic,mad", "curve": False,
                 "recipes": (("vanilla", "vanilla", {}), ("sa-ppo", "sa-ppo", {}))},
 }
 
