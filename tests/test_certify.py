@@ -343,4 +343,4 @@ def test_smoothing_is_reproducible_under_a_seed_and_independent_of_batching():
     b = smoothed_certify(model, x, 0.3, n0=20, n=500, seed=5, batch_size=500)
     assert torch.equal(a.counts, b.counts) and torch.equal(a.radius, b.radius)
     other = smoothed_certify(model, x, 0.3, n0=20, n=500, seed=6)
-    assert not torch.equal(a.counts, other.counts) or not torch.equal(a.prediction, other.prediction) or True
+    assert not torch.equal(a.counts, other.counts)  # another seed draws other noise
