@@ -180,7 +180,7 @@ def test_a2t_training_raises_after_attack_accuracy_over_standard(trained, wordne
     model, vocab, _, _ = trained
     split = load_split("mr", seed=0, n_test=1000)
     tokens, labels = [tokenize(t) for t in split.test_texts[:100]], split.test_labels[:100]
-    train_text(tmp_path / "a2t", recipe="a2t", epochs=3, n_train=1500, seed=0, candidates=4)
+    train_text(tmp_path / "a2t", recipe="a2t", epochs=3, n_train=1500, seed=0)
     hardened, hvocab, meta = load_text(tmp_path / "a2t")
     threat = TextThreat(min_similarity=0.0)
     std = run_attacks(TargetModel(model, vocab), tokens, labels, ["pwws", "a2t"], threat, wordnet=wordnet)

@@ -111,6 +111,11 @@ def embedding_table() -> tuple[list[str], dict[str, int], torch.Tensor]:
 _NEIGHBOURS: dict[tuple[str, int], tuple[str, ...]] = {}
 
 
+@lru_cache(maxsize=1)
+def _table32() -> torch.Tensor:
+    return embedding_table()[2].float()
+
+
 def neighbours(words: Sequence[str], k: int) -> dict[str, tuple[str, ...]]:
     """The ``k`` nearest whole words (cosine >= NEIGHBOUR_MIN_COSINE) of each word, computed for the words not
     seen before in blocks of matrix products (one word at a time is a matrix-vector product, several times
@@ -120,7 +125,7 @@ def neighbours(words: Sequence[str], k: int) -> dict[str, tuple[str, ...]]:
     for w in [w for w in todo if w not in index]:
         _NEIGHBOURS[(w, k)] = ()
     todo = [w for w in todo if w in index]
-    m32 = mat.float() if todo else None
+    m32 = _table32() if todo else None
     for b in range(0, len(todo), 256):
         block = todo[b:b + 256]
         rows = torch.tensor([index[w] for w in block])
