@@ -71,6 +71,8 @@ def test_missing_wordnet_names_the_install_command(tmp_path):
 
 def _wn_synonyms(word: str, pos: str) -> set[str]:
     """Synonyms as the `wn` browser prints them: the first line of each sense of `wn WORD -syns{n,v,r}`."""
+    if shutil.which("wn") is None:
+        pytest.fail("the wn browser is missing: apt-get install -y wordnet (make sysdeps installs it)")
     out = subprocess.run(["wn", word, f"-syns{pos}"], capture_output=True, text=True, timeout=30).stdout.splitlines()
     found: set[str] = set()
     for i, line in enumerate(out):
@@ -83,7 +85,6 @@ def _wn_synonyms(word: str, pos: str) -> set[str]:
     return found
 
 
-@pytest.mark.skipif(shutil.which("wn") is None, reason="the wn browser comes with wordnet (apt-get install wordnet)")
 @pytest.mark.parametrize("word, pos", [("movie", "n"), ("good", "n"), ("dull", "v"), ("run", "v"), ("plot", "n"),
                                        ("quickly", "r"), ("boring", "n"), ("funny", "r"), ("story", "n"),
                                        ("terrible", "r"), ("love", "v"), ("actor", "n")])
