@@ -30,7 +30,8 @@ def udata(tmp_path_factory):
 def run_dir(udata, tmp_path_factory):
     out = tmp_path_factory.mktemp("recsys-run") / "apr"
     r = invoke("train", "--domain", "recsys", "--interactions", udata, "--recipe", "apr", "--eps", "0.3",
-               "--eps-unit", "relative", "--adv-start", "10", "--seed", "1", "--out", out, "--quiet")
+               "--eps-unit", "relative", "--adv-start", "10", "--seed", "1", "--batch-size", "256", "--lr", "0.04",
+               "--out", out, "--quiet")
     assert r.exit_code == 0, r.output
     return out
 
@@ -52,6 +53,7 @@ def test_train_records_the_run(run_dir, udata):
     assert meta["counts"] == {"users": 80, "items": 60, "interactions": 800}
     assert meta["config"]["data"]["source"] == str(udata)
     assert meta["cost"]["adversarial_epochs"] == 30 and meta["cost"]["epochs"] == 40
+    assert (meta["config"]["batch_size"], meta["config"]["lr"]) == (256, 0.04)  # the classifier options it shares
 
 
 def test_evaluate_writes_ranking_figures_under_the_trained_threat(evaluated):
@@ -79,6 +81,10 @@ def test_the_gate_reads_ranking_figures(evaluated):
     failures = check(data, floors={"robust_hr@10": robust + 0.01})
     assert failures and "is below the floor" in failures[0]
     assert "measured at another eps" in check(data, floors={"hr@10": 0.0}, eps=0.5)[0]
+    r = invoke("check", evaluated, "--min-robust-hr", f"{robust - 0.01:.4f}", "--eps", "0.3")  # the CLI gate
+    assert r.exit_code == 0 and "PASS" in r.output, r.output
+    r = invoke("check", evaluated, "--min-robust-hr", f"{robust + 0.01:.4f}")
+    assert r.exit_code == 1 and "robust hr@10" in r.output, r.output
 
 
 def test_damaged_results_are_clear_errors(evaluated, tmp_path):

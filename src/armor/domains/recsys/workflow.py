@@ -33,10 +33,8 @@ OPTIONS = {
                                    "epochs: BPR pre-training first, as APR)."),
     "embedding_dim": Option(int, None, "recsys: embedding size (default 64)."),
 }
-# What recsys takes besides its own options (the app's shared ones; epochs, batch_size and lr once the app
-# passes them to workflows).
-_SHARED = {"recipe", "eps", "norm", "seed", "out", "quiet", "resume", "steps", "step_size", "adv_ratio", "epochs",
-           "batch_size", "lr", "dataset", "model"}
+# The classifier options of `armor train` recsys also takes (Workflow.shared), meaning the same thing.
+SHARED = ("epochs", "batch_size", "lr", "dataset", "model")
 GATES = {"hr": "hr@10", "robust-hr": "robust_hr@10", "ndcg": "ndcg@10", "robust-ndcg": "robust_ndcg@10"}
 
 
@@ -52,7 +50,10 @@ def train(options: dict[str, Any], out: Path, *, quiet: bool = True) -> Any:
         if options.get(key) is not None:
             raise ValueError(f"--{key.replace('_', '-')} does not apply to --domain recsys (its recipes: bpr, apr "
                              f"with --adv-weight and --adv-start)")
-    foreign = sorted(k for k, v in options.items() if v is not None and k not in OPTIONS and k not in _SHARED)
+    from ...app.train_cli import WORKFLOW_SHARED
+
+    takes = {*WORKFLOW_SHARED, *SHARED, "resume"}
+    foreign = sorted(k for k, v in options.items() if v is not None and k not in OPTIONS and k not in takes)
     if foreign:
         raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in foreign)} do not apply to --domain recsys "
                          f"(its own options: {', '.join('--' + k.replace('_', '-') for k in OPTIONS)})")
@@ -166,4 +167,5 @@ def summary(models: dict) -> tuple[str, list[str], list[list[str]]]:
             ["model", "recipe", "clean", *attacks, "worst case", *[f"{a} (oracle)" for a in oracle], "train s"], rows)
 
 
-WORKFLOW = Workflow(train=train, evaluate=evaluate, options=OPTIONS, validate=validate, gates=GATES, summary=summary)
+WORKFLOW = Workflow(train=train, evaluate=evaluate, options=OPTIONS, validate=validate, gates=GATES, shared=SHARED,
+                    summary=summary)
