@@ -114,10 +114,11 @@ def test_import_armor_has_no_side_effects():
         "from armor import plugins\n"
         "assert plugins._discovered is None and not plugins._registered, 'plugins loaded at import'\n"
         "assert not [m for m in sys.modules if m.startswith(('armor.domains', 'armor.app'))]\n"
-        "assert set(armor.attacks.ATTACKS) == {'fgsm', 'pgd', 'pgd-20', 'pgd-margin', 'apgd-ce', 'apgd-dlr', "
-        "'apgd-t', 'cw-l2', 'square', 'square-1k'}\n"
+        "assert set(armor.attacks.ATTACKS) == {'fgsm', 'fgsm-t', 'pgd', 'pgd-20', 'pgd-margin', 'apgd-ce', "
+        "'apgd-ce-x5', 'apgd-dlr', 'apgd-dlr-x5', 'apgd-t', 'cw-l2', 'fab-t', 'fab-t-10', 'square', 'square-1k', "
+        "'square-x5'}\n"
         "assert set(armor.data.DATASETS) == {'npz', 'csv'}\n"
-        "assert set(sys.modules['armor.evaluate'].SUITES) == {'standard', 'fast'}\n"
+        "assert set(sys.modules['armor.evaluate'].SUITES) == {'standard', 'fast', 'plus'}\n"
         "assert 'cpgd' in armor.attacks.all_attacks() and 'cpgd' not in armor.attacks.ATTACKS\n"
         "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -336,9 +336,10 @@ def test_one_meaning_of_attacked_and_eps_on_every_attack_column(measured):
     page = render_report(res, arts)
     claims_html = _section(page, "claims")
     headers = re.findall(r'<th class="num">([^<]*)</th>', claims_html[claims_html.index("Trained against"):])
-    assert headers == [f"{a} (linf eps=0.1)" for a in ("apgd-ce", "apgd-t", "square", "worst case")]
+    suite = ("fgsm", "fgsm-t", "apgd-ce", "fab-t-10", "apgd-t", "square")  # the standard suite, in its order
+    assert headers == [f"{a} (linf eps=0.1)" for a in (*suite, "worst case")]
     robustness = _section(page, "robustness")
-    for a in ("apgd-ce", "apgd-t", "square"):
+    for a in suite:
         assert f"<td>{a} (linf eps=0.1)</td>" in robustness
     # calibration's attacked set is named for what it is, never "worst-case"
     cal = _section(page, "calibration")
