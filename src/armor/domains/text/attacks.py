@@ -332,7 +332,8 @@ def attack_batch(target: TargetModel, token_lists: Sequence[list[str]], labels: 
                  rngs: Sequence[random.Random]) -> list[AttackResult]:
     """Attack several sentences with recipe ``name`` in lock step: every search step of every sentence still
     under attack is one model call, and each sentence's decisions depend on its own probabilities only, so the
-    result of a sentence is the one it would get alone. Queries are counted and budgeted per sentence."""
+    result of a sentence is the one it would get alone, up to float differences (~1e-7, from other batch shapes)
+    between two nearly tied candidates. Queries are counted and budgeted per sentence."""
     spec = recipe(name)
     t0 = time.perf_counter()
     states: list[_State] = []
