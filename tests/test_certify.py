@@ -344,3 +344,21 @@ def test_smoothing_is_reproducible_under_a_seed_and_independent_of_batching():
     assert torch.equal(a.counts, b.counts) and torch.equal(a.radius, b.radius)
     other = smoothed_certify(model, x, 0.3, n0=20, n=500, seed=6)
     assert not torch.equal(a.counts, other.counts)  # another seed draws other noise
+
+
+@pytest.mark.parametrize("spec,end", [
+    ({"name": "small-cnn", "input_shape": [1, 8, 8], "num_classes": 10, "mean": [0.3], "std": [0.4]}, 2),
+    ({"name": "mlp", "input_shape": [5], "num_classes": 3, "mean": [0.1, 0.2, 0.3, 0.4, 0.5],
+      "std": [1.0, 2.0, 3.0, 4.0, 5.0], "hidden": [7]}, 3)])
+def test_closed_form_l2_row_norms_equal_the_rows_of_the_composite_matrix(spec, end):
+    """The first block's l2 radius in closed form (what l2 IBP training uses) against the explicit matrix rows."""
+    from armor.certify.bounds import _l2_row_norms
+
+    torch.manual_seed(0)
+    ops = chain(build_model(spec).double(), spec["input_shape"])
+    shape = ops[end - 1].out_shape
+    size = math.prod(shape)
+    rows = torch.eye(size, dtype=torch.float64).reshape((1, size) + tuple(shape))
+    for op in reversed(ops[:end]):
+        rows, _ = op.back(rows)
+    assert torch.allclose(_l2_row_norms(ops[:end]), rows.flatten(2).norm(dim=-1).flatten(), rtol=1e-12, atol=0)

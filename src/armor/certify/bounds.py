@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..threat import Norm, ThreatModel, check_inputs
-from .network import Op, chain
+from .network import Conv, Flatten, Linear, Op, Scale, Skip, chain
 
 METHODS = ("ibp", "crown-ibp", "crown")
 # A CROWN backward pass holds (batch x specs x layer size) numbers; chunk the specs to stay below this many.
@@ -115,17 +115,44 @@ def _first_block_ball(ops: Sequence[Op], end: int, region: Region) -> tuple[torc
     """Exact bounds of the affine map ops[:end] over the l2 / l1 ball (no ReLU in it): value at x ± eps times the
     dual norm of each row of the composite matrix (the rows come from one backward pass of the identity)."""
     shape = ops[end - 1].out_shape
-    size = math.prod(shape)
     x = region.x
-    eye = torch.eye(size, dtype=x.dtype, device=x.device).reshape((1, size) + tuple(shape))
-    rows = eye
-    for op in reversed(ops[:end]):
-        rows, _ = op.back(rows)
-    radius = (region.eps * region.dual(rows)).reshape(shape)
+    norms = _l2_row_norms(ops[:end]) if region.norm is Norm.L2 else None
+    if norms is None:
+        size = math.prod(shape)
+        rows = torch.eye(size, dtype=x.dtype, device=x.device).reshape((1, size) + tuple(shape))
+        for op in reversed(ops[:end]):
+            rows, _ = op.back(rows)
+        norms = region.dual(rows)
+    radius = (region.eps * norms).reshape(shape)
     h = x
     for op in ops[:end]:
         h = op.forward(h)
     return h - radius, h + radius
+
+
+def _l2_row_norms(block: Sequence[Op]) -> Optional[torch.Tensor]:
+    """The l2 norm of every row of the composite matrix of [Normalize,] Conv2d or [Normalize,] [Flatten,] Linear in
+    closed form (the squared weights convolved with / multiplied by 1/std^2), or ``None`` for other blocks.
+
+    The same numbers as the identity backward pass of :func:`_first_block_ball`, without its (outputs x inputs)
+    matrix: what makes l2 IBP training of a 28x28 small-cnn affordable."""
+    block = [op for op in block if not isinstance(op, Skip)]
+    scale = block.pop(0) if block and isinstance(block[0], Scale) else None
+    if block and isinstance(block[0], Flatten) and len(block) == 2 and isinstance(block[1], Linear):
+        block = block[1:]
+    if len(block) != 1 or not isinstance(block[0], (Conv, Linear)):
+        return None
+    op = block[0]
+    w2 = op.weight ** 2
+    shape = scale.in_shape if scale is not None else op.in_shape
+    inv = torch.ones(shape, dtype=w2.dtype, device=w2.device)
+    if scale is not None:
+        inv = inv / scale._view(scale.std, len(shape)) ** 2
+    if isinstance(op, Conv):
+        sq = torch.nn.functional.conv2d(inv.unsqueeze(0), w2, None, op.stride, op.padding, op.dilation)[0]
+    else:
+        sq = w2 @ inv.flatten()
+    return sq.clamp_min(0).sqrt().flatten()
 
 
 def _refine(ops: Sequence[Op], end: int, l: torch.Tensor, u: torch.Tensor,
