@@ -35,8 +35,8 @@ sysdeps:
 	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -f /usr/share/wordnet/data.noun ] && command -v wn >/dev/null && command -v chromium >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get update -qq && apt-get install -y -qq $(SYSPKGS) >/dev/null) \
-	  || echo "apt-get failed: Fashion-MNIST/WordNet/Chromium tests will be skipped"; \
-	else echo "no root apt-get: Fashion-MNIST/WordNet/Chromium tests will be skipped"; fi
+	  || echo "apt-get failed: the Fashion-MNIST and Chromium tests will skip, the WordNet (text) tests fail naming the install"; \
+	else echo "no root apt-get: the Fashion-MNIST and Chromium tests will skip, the WordNet (text) tests fail naming the install"; fi
 
 demo: install
 	$(VENV)/bin/armor demo --out $(OUT)
