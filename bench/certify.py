@@ -35,6 +35,7 @@ from armor.data import load_dataset
 from armor.app.config import normalization_stats
 from armor.models import build_model, model_spec
 from armor.training import Trainer, load
+from armor.training.checkpoint import STATE
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "certify"
 
@@ -80,7 +81,7 @@ def train(dataset: str, data, recipe: str, params: dict, threat, settings: dict,
     if quick:
         s["epochs"], s["eps_warmup"] = 2, 1
     trainer = Trainer(model, data, recipe=recipe, recipe_params=params, threat=threat, seed=0, out_dir=run,
-                      resume=(run / "state.pt").exists(), info={"dataset": dataset}, **s)
+                      resume=(run / STATE).exists(), info={"dataset": dataset}, **s)
     result = trainer.fit()
     return load(run), result.train_seconds
 
