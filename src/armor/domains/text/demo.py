@@ -1,6 +1,6 @@
 """`armor demo --domain text`: a word-CNN on MR trained standard, with embedding-space PGD and with A2T, each
 measured under PWWS, TextFooler, DeepWordBug and A2T with the same constraints, and the report's text section.
-Measured: 45 minutes on 2 shared cores under load 14-19 (training 4.3, 11.7 and 17.8 minutes); see
+Measured: 5 min 37 s on 2 cores at load 1.8-5 (training 36, 93 and 123 s); 45 minutes under load 14-19. See
 bench/RESULTS.md, section Text.
 
 The question asked of image classifiers is asked again for text: does hardening keep the accuracy when words
