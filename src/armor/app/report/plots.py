@@ -32,6 +32,25 @@ def to_data_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def curve_figure(curves: dict[str, Sequence[dict]], y_key: str, xlabel: str, ylabel: str,
+                 x_key: str = "eps") -> Optional[str]:
+    """One line per model of ``curves`` (name -> points, each a dict with ``x_key`` and ``y_key``), as a data URI;
+    ``None`` when no model has a curve. What a domain's report section draws for its figure against eps."""
+    curves = {name: pts for name, pts in curves.items() if pts}
+    if not curves:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, (name, pts) in enumerate(curves.items()):
+        ax.plot([p[x_key] for p in pts], [p[y_key] for p in pts], marker="o", color=PALETTE[i % len(PALETTE)],
+                label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return to_data_uri(fig)
+
+
 def _yerr(vals: Sequence[float], n: Any) -> Optional[np.ndarray]:
     """Asymmetric 95% Wilson error bars (2, len) for accuracies on n points; None when n is unknown."""
     lo, hi = [], []

@@ -99,22 +99,11 @@ def _section_context(models: dict, artifacts: dict) -> Optional[dict]:
 
 
 def _curve_figure(recs: dict[str, Any]) -> Optional[str]:
-    curves = {n: m["curve"] for n, m in recs.items() if m.get("curve")}
-    if not curves:
-        return None
-    from ...app.report.plots import PALETTE, _plt, to_data_uri
+    from ...app.report.plots import curve_figure
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for i, (name, pts) in enumerate(curves.items()):
-        ax.plot([p["eps"] for p in pts], [p["hr@10"] for p in pts], marker="o", color=PALETTE[i % len(PALETTE)],
-                label=name)
     unit = next(iter(recs.values())).get("threat", {}).get("unit", "absolute")
-    ax.set_xlabel(f"eps ({UNITS.get(unit, unit)})")
-    ax.set_ylabel("worst-case HR@10")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return to_data_uri(fig)
+    return curve_figure({n: m.get("curve") for n, m in recs.items()}, "hr@10", f"eps ({UNITS.get(unit, unit)})",
+                        "worst-case HR@10")
 
 
 DOMAIN = Domain(
