@@ -102,21 +102,10 @@ def _films(agents: dict[str, Any], artifacts: dict) -> dict[str, dict]:
 
 
 def _curve_figure(agents: dict[str, Any]) -> Optional[str]:
-    curves = {n: m["curve"] for n, m in agents.items() if m.get("curve")}
-    if not curves:
-        return None
-    from ...app.report.plots import PALETTE, _plt, to_data_uri
+    from ...app.report.plots import curve_figure
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for i, (name, pts) in enumerate(curves.items()):
-        ax.plot([p["eps"] for p in pts], [p["robust_return"] for p in pts], marker="o",
-                color=PALETTE[i % len(PALETTE)], label=name)
-    ax.set_xlabel(f"eps ({EPS_UNIT})")
-    ax.set_ylabel("median worst-case return")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return to_data_uri(fig)
+    return curve_figure({n: m.get("curve") for n, m in agents.items()}, "robust_return", f"eps ({EPS_UNIT})",
+                        "median worst-case return")
 
 
 DOMAIN = Domain(
