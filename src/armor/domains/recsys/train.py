@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,7 +295,7 @@ def train_recommender(data: Union[str, PathLike, Interactions] = "ml-100k", *, m
             atomic_write_json(out / METADATA, metadata("running"))
         if not quiet:
             print(f"[armor recsys] {out.name}: epoch {epoch + 1}/{epochs} loss {record['loss']:.4f}"
-                  f"{' (adversarial)' if adversarial else ''} {record['seconds']:.2f}s", flush=True)
+                  f"{' (adversarial)' if adversarial else ''} {record['seconds']:.2f}s", file=sys.stderr, flush=True)
         if callback is not None:
             callback(epoch + 1, record)
     net.eval()
