@@ -263,5 +263,8 @@ def test_a_domain_runs_end_to_end_through_the_cli(toy, tmp_path):
     assert r.exit_code == 0, r.output
     html = (tmp_path / "r.html").read_text()
     assert 'id="toy"' in html and "Toy margins" in html and 'href="#toy"' in html
-    r = runner.invoke(app, ["list", "demos"])
+    r = runner.invoke(app, ["list", "demos"], terminal_width=200)
     assert "toy" in r.output
+    # a demo named through plugins.lazy carries its own description; the others show the domain's
+    assert "CartPole-v1: vanilla PPO vs SA-PPO" in r.output and "highway-fast-v0" in r.output
+    assert plugins.lazy("armor.domains.agents.demo:run_demo", description="two lines").description == "two lines"

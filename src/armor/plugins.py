@@ -245,9 +245,10 @@ def contributions(kind: str, core: Optional[Mapping[str, Any]] = None) -> dict[s
     return merged
 
 
-def lazy(target: str, *args: Any) -> Callable[..., Any]:
+def lazy(target: str, *args: Any, description: str = "") -> Callable[..., Any]:
     """A callable that imports ``"package.module:function"`` on its first call and calls it with ``args`` first:
-    how a domain names its demo (or any heavy, application-level code) without importing it up front."""
+    how a domain names its demo (or any heavy, application-level code) without importing it up front.
+    ``description`` is what `armor list demos` shows for it (default: the domain's description)."""
     module, _, attr = target.partition(":")
 
     def call(*more: Any, **kwargs: Any) -> Any:
@@ -257,6 +258,7 @@ def lazy(target: str, *args: Any) -> Callable[..., Any]:
 
     call.__name__ = attr
     call.__qualname__ = f"lazy({target!r})"
+    call.description = description  # type: ignore[attr-defined]
     return call
 
 

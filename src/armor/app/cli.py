@@ -75,7 +75,8 @@ def list_cmd(what: Annotated[What, typer.Argument(help="What to list.")]) -> Non
     elif what is What.demos:
         from ..plugins import domains
 
-        rows = [(n, f"{d.name} domain: {d.description}") for d in domains().values() for n in d.demos]
+        rows = [(n, f"{d.name} domain: {getattr(fn, 'description', '') or d.description}")
+                for d in domains().values() for n, fn in d.demos.items()]
     elif what is What.models:
         from ..models import list_models
 

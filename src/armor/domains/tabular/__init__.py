@@ -132,7 +132,12 @@ DOMAIN = Domain(
     constraints={"tabular": constraints_from_dict},
     measurements=(Measurement("tabular", _measure),),
     report=(ReportSection("tabular", "Tabular", _SECTION, _section_context),),
-    demos={name: lazy("armor.domains.tabular.demo:run_tabular_demo", name) for name in ("breast-cancer", "fraud")},
+    demos={"breast-cancer": lazy("armor.domains.tabular.demo:run_tabular_demo", "breast-cancer", description=(
+               "Wisconsin breast cancer under its schema's constraints: standard vs pgd-at vs cpgd-at (about 2 "
+               "minutes)")),
+           "fraud": lazy("armor.domains.tabular.demo:run_tabular_demo", "fraud", description=(
+               "a SYNTHETIC imbalanced fraud table with realistic constraints: recall under attack (about 5 "
+               "minutes)"))},
 )
 
 __all__ = ["ConstrainedPGDAT", "DOMAIN", "EPS_UNIT", "Feature", "Group", "Relation", "Schema", "TABULAR_ATTACKS",

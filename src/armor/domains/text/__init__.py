@@ -96,7 +96,9 @@ DOMAIN = Domain(
     description="text classifiers (MR): word and character attacks (PWWS, TextFooler, DeepWordBug, A2T, beam), "
                 "embedding PGD / FreeLB / A2T training",
     report=(ReportSection("text", "Text", _SECTION, _section_context),),
-    demos={"text": lazy("armor.domains.text.demo:run_demo", "text")},
+    demos={"text": lazy("armor.domains.text.demo:run_demo", "text", description=(
+        "MR reviews: word-CNN standard vs embed-pgd vs A2T under PWWS, TextFooler, DeepWordBug and A2T "
+        "(about 6 minutes)"))},
     workflow=WORKFLOW,
 )
 

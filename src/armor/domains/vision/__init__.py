@@ -54,7 +54,11 @@ DOMAIN = Domain(
     },
     measurements=(Measurement("shift", _shift, option="shift"),
                   Measurement("interpretability", _interpretability, option="interpret")),
-    demos={name: lazy("armor.domains.vision.demo:run_demo", name) for name in ("digits", "fashion-mnist")},
+    demos={"digits": lazy("armor.domains.vision.demo:run_demo", "digits", description=(
+               "sklearn digits (the default): standard vs PGD-AT vs Fast-AT, worst case, calibration, shift, "
+               "saliency, claims (about 2 minutes)")),
+           "fashion-mnist": lazy("armor.domains.vision.demo:run_demo", "fashion-mnist", description=(
+               "Fashion-MNIST (Debian's dataset-fashion-mnist): the digits demo at scale (about 16 minutes)"))},
 )
 
 __all__ = ["DOMAIN", "load_cifar10", "load_digits", "load_fashion_mnist", "load_mnist", "read_idx"]
