@@ -64,6 +64,7 @@ def record_filmstrip(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNor
         return {}, {"note": "not rendered: the environment was given as an object, not a gymnasium id"}
     arrays: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {"seed": int(seed), "episodes": {}}
+    _runtime_dir()
     for label, attack in attacks.items():
         try:
             env = make_env(env_id, render_mode="rgb_array", **env_kwargs)
@@ -91,6 +92,17 @@ def record_filmstrip(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNor
         arrays[f"film_{label}"] = np.stack([downscale(np.asarray(s)[..., :3], width) for s in shots])
         info["episodes"][label] = {"steps": at, "return": res.ret, "length": res.length, "failed": res.failed}
     return arrays, info
+
+
+def _runtime_dir() -> None:
+    """SDL (pygame) prints "error: XDG_RUNTIME_DIR is invalid or not set" on stderr when it renders without one,
+    which reads like an armor error: give it a private directory when the environment has none."""
+    import os
+    import tempfile
+
+    current = os.environ.get("XDG_RUNTIME_DIR")
+    if not current or not os.path.isdir(current):
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="armor-xdg-")  # created 0700, as SDL expects
 
 
 def filmstrip_figure(arrays: dict[str, Any], info: dict[str, Any]) -> Optional[str]:

@@ -177,7 +177,8 @@ def validate(name: str, entry: dict, where: str) -> None:
 
 
 def summary(models: dict) -> tuple[str, list[str], list[list[str]]]:
-    """The table `armor evaluate` and `armor demo` print: median returns per agent, clean, worst case and per attack."""
+    """The table `armor evaluate` and `armor demo` print: median returns per agent, clean, worst case and per
+    attack, and the failure share (crash rate) clean and in the worst case."""
     from ...app.results import threat_label
 
     first = next(iter(models.values()))
@@ -187,25 +188,26 @@ def summary(models: dict) -> tuple[str, list[str], list[list[str]]]:
     title = (f"agents on {first.get('env')}, {threat_label(first)}, {first.get('n')} episodes "
              f"(median return [interquartile range])")
 
-    def cell(stats: Optional[dict]) -> str:
+    def cell(stats: Optional[dict], iqr: bool = True) -> str:
         if not stats or stats.get("median") is None:
             return "-"
-        iqr = stats.get("iqr")
-        return f"{stats['median']:.1f}" + (f" [{iqr[0]:.0f}, {iqr[1]:.0f}]" if iqr else "")
+        q = stats.get("iqr") if iqr else None
+        return f"{stats['median']:.1f}" + (f" [{q[0]:.0f}, {q[1]:.0f}]" if q else "")
 
+    # A terminal is narrow: the interquartile range for clean and worst case, medians per attack; the report
+    # and results.json keep every figure (per-attack ranges and failure shares included).
     rows = [[name, cell(m.get("clean")), cell(m.get("worst")),
-             *[cell((m.get("per_attack") or {}).get(a)) for a in attacks]] for name, m in models.items()]
+             *[cell((m.get("per_attack") or {}).get(a), iqr=False) for a in attacks]] for name, m in models.items()]
     head = ["agent", "clean", "worst case", *attacks]
     label = next((m["failure"]["label"] for m in models.values() if m.get("failure")), None)
     if label:  # the failure share (highway-env: crash rate) clean, in the worst case and per attack
         def share(v: Any) -> str:
             return "-" if v is None else f"{100 * v:.0f}%"
 
-        head += [f"{label}: clean", "worst case", *attacks]
+        head += [f"{label}: clean", "worst case"]
         for row, m in zip(rows, models.values()):
             f = m.get("failure") or {}
-            row += [share(f.get("clean")), share(f.get("worst")), *[share((f.get("per_attack") or {}).get(a))
-                                                                    for a in attacks]]
+            row += [share(f.get("clean")), share(f.get("worst"))]
     head += ["env steps", "train s"]
     for row, m in zip(rows, models.values()):
         row += [str(m.get("env_steps") or "-"), f"{m.get('train_seconds') or 0:.1f}"]
