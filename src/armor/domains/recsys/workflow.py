@@ -50,13 +50,6 @@ def train(options: dict[str, Any], out: Path, *, quiet: bool = True) -> Any:
         if options.get(key) is not None:
             raise ValueError(f"--{key.replace('_', '-')} does not apply to --domain recsys (its recipes: bpr, apr "
                              f"with --adv-weight and --adv-start)")
-    from ...app.train_cli import WORKFLOW_SHARED
-
-    takes = {*WORKFLOW_SHARED, *SHARED, "resume"}
-    foreign = sorted(k for k, v in options.items() if v is not None and k not in OPTIONS and k not in takes)
-    if foreign:
-        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in foreign)} do not apply to --domain recsys "
-                         f"(its own options: {', '.join('--' + k.replace('_', '-') for k in OPTIONS)})")
     saved: dict[str, Any] = {}
     if options.get("resume") and (Path(out) / "metadata.json").exists():
         cfg = read_metadata(out)["config"]
