@@ -404,3 +404,17 @@ def test_gallery_shows_true_labels_and_alignment_has_a_scale(measured, monkeypat
     assert all(abs(float(r) - ref) < 0.002 for _, r in shown)
     cos = [res["models"][n]["interpretability"]["cosine_alignment"] for n in res["models"]]
     assert [float(c) for c, _ in shown] == pytest.approx(cos, abs=6e-4) and cos[0] != cos[1]
+
+
+def test_a_workflow_demo_compares_every_model_with_its_baseline():
+    from armor.app.claims import against_baseline
+
+    models = {"vanilla": {"robust_return": 97.0, "clean_return": 500.0, "train_seconds": 10.0,
+                          "cost": {"env_steps": 4096}},
+              "sa-ppo": {"robust_return": 500.0, "clean_return": 480.0, "train_seconds": 30.0},
+              "untimed": {"robust_return": 100.0, "clean_return": 500.0, "train_seconds": None}}
+    claims = against_baseline(models, "vanilla", {"gain": "robust_return", "change": "clean_return"})
+    assert claims == {"baseline": "vanilla", "gain": {"sa-ppo": 403.0, "untimed": 3.0},
+                      "change": {"sa-ppo": -20.0, "untimed": 0.0}}
+    assert models["vanilla"]["cost"] == {"env_steps": 4096, "time_ratio": 1.0}  # what was there is kept
+    assert models["sa-ppo"]["cost"] == {"time_ratio": 3.0} and models["untimed"]["cost"]["time_ratio"] is None

@@ -468,3 +468,15 @@ def _trained_with(entry: dict[str, Any]) -> str:
         mix = f", {ratio:.0%} adv" if ratio is not None else ""
         return f"PGD-{params.get('steps', 10)} {norm}{mix}"
     return recipe or "?"
+
+
+def against_baseline(models: dict[str, dict[str, Any]], baseline: str, figures: dict[str, str]) -> dict[str, Any]:
+    """A workflow demo's claims: every model's ``cost`` gains ``time_ratio`` (its train time ÷ the baseline's,
+    ``None`` when either is unknown), and each claim ``name -> key`` of ``figures`` is ``{model: its figure −
+    the baseline's}`` for every model but the baseline."""
+    base = models[baseline]
+    for m in models.values():
+        m["cost"] = {**(m.get("cost") or {}), "time_ratio": (m["train_seconds"] / base["train_seconds"])
+                     if m.get("train_seconds") and base.get("train_seconds") else None}
+    return {"baseline": baseline, **{name: {n: m[key] - base[key] for n, m in models.items() if n != baseline}
+                                     for name, key in figures.items()}}

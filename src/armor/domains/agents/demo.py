@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from ...app.claims import against_baseline
 from ...app.report import write_report
 from ...app.results import stamp
 from ...app.rundir import save_artifacts
@@ -66,16 +67,11 @@ def run_demo(name: str = "agents", out: Path | str = "runs/demo", *, seed: int =
         models[label] = entry
         if art:
             artifacts[label] = art
-    base = models["vanilla"]
     for m in models.values():
-        m["cost"] = {"env_steps": m.get("env_steps"), "train_seconds": m.get("train_seconds"),
-                     "time_ratio": (m["train_seconds"] / base["train_seconds"])
-                     if m.get("train_seconds") and base.get("train_seconds") else None}
-    claims = {"baseline": "vanilla",
-              "robust_return_gain": {n: m["robust_return"] - base["robust_return"] for n, m in models.items()
-                                     if n != "vanilla"},
-              "clean_return_change": {n: m["clean_return"] - base["clean_return"] for n, m in models.items()
-                                      if n != "vanilla"}}
+        m["cost"] = {"env_steps": m.get("env_steps"), "train_seconds": m.get("train_seconds")}
+    claims = against_baseline(models, "vanilla", {"robust_return_gain": "robust_return",
+                                                  "clean_return_change": "clean_return"})
+    base = models["vanilla"]
     if "failure" in base:  # the crash rate (highway-env) clean and in the worst case, against vanilla's
         claims["failure_share_change"] = {n: {k: m["failure"][k] - base["failure"][k] for k in ("clean", "worst")}
                                           for n, m in models.items() if n != "vanilla" and "failure" in m}

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from ...app.claims import against_baseline
 from ...app.report import write_report
 from ...app.results import stamp
 from ...utils import atomic_write_json
@@ -50,15 +51,8 @@ def run_demo(name: str = "text", out: Path | str = "runs/demo", *, seed: int = 0
         entry, _ = evaluate(run_dir, {"n": p["n"], "seed": seed, "suite": p["suite"]},
                             progress=lambda msg, label=label: say(f"[{label}] {msg}"))
         models[label] = entry
-    base = models["standard"]
-    for m in models.values():
-        m["cost"] = {**(m.get("cost") or {}), "time_ratio": (m["train_seconds"] / base["train_seconds"])
-                     if m.get("train_seconds") and base.get("train_seconds") else None}
-    claims = {"baseline": "standard",
-              "robust_accuracy_gain": {n: m["robust_accuracy"] - base["robust_accuracy"] for n, m in models.items()
-                                       if n != "standard"},
-              "clean_accuracy_change": {n: m["clean_accuracy"] - base["clean_accuracy"] for n, m in models.items()
-                                        if n != "standard"}}
+    claims = against_baseline(models, "standard", {"robust_accuracy_gain": "robust_accuracy",
+                                                   "clean_accuracy_change": "clean_accuracy"})
     results = stamp({"dataset": p["corpus"], "domain": "text", "models": models, "text_claims": claims,
                      "demo": {"preset": {k: (v.to_dict() if isinstance(v, TextThreat) else v) for k, v in p.items()
                                          if k != "recipes"},
