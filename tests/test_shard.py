@@ -1,0 +1,155 @@
+"""Sharded evaluation: `torchrun --nproc_per_node 2` (gloo on CPU) gives exactly one process's result.
+
+Identity, not closeness: the shards run the same global batches with the same generators as one process
+(see armor.shard), so the per-point flags, every attack's figures and the adversarial examples are compared
+with torch.equal and ==. A resumed run (rank 1 killed right after an attack's merge, before it saved, so that
+the two processes restart one attack apart) must give the same result too.
+
+Runtime: one torchrun launch for the uninterrupted and the killed run, one for the resume (~15 s on 2 busy
+cores, most of it starting processes that import torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from armor import ThreatModel
+from armor.evaluate import evaluate
+from armor.shard import evaluate_sharded
+
+from conftest import DigitsNet
+
+# attacks that draw random numbers (PGD's start, Square's squares) and one that does not, at a small budget;
+# 70 points in batches of 8: uneven global batches (the last one short), dealt round-robin to 2 processes
+SUITE = ["fgsm", "pgd", "apgd-ce", "square"]
+KWARGS = {"apgd-ce": {"steps": 8}, "square": {"n_queries": 60}}
+N, BATCH, EPS, SEED = 70, 8, 0.12, 3
+
+DRIVER = r"""
+import json, os, sys, time
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[2])
+from conftest import DigitsNet
+from armor import ThreatModel
+import armor.shard as shard
+
+blob = torch.load(sys.argv[1] + "/inputs.pt")
+model = DigitsNet()
+model.load_state_dict(blob["state"])
+threat = ThreatModel("linf", blob["eps"])
+shard.init_from_env()
+rank = shard.world()[0]
+kw = dict(n=blob["n"], batch_size=blob["batch"], seed=blob["seed"], attack_kwargs=blob["kwargs"], keep_adv=True)
+phase = sys.argv[3]
+
+def save(tag, r):
+    if rank == 0:
+        torch.save({"robust": r.robust, "x_adv": r.x_adv, "per_attack": r.per_attack,
+                    "robust_accuracy": r.robust_accuracy}, f"{sys.argv[1]}/{tag}.pt")
+
+if phase == "first":
+    for individual in (False, True):
+        save(f"plain-{individual}", shard.evaluate_sharded(model, (blob["x"], blob["y"]), threat, blob["suite"],
+                                                           individual=individual, **kw))
+    real = shard._save
+    def dying(store, st):  # rank 1 dies right after the merge of attack 1 (pgd), before saving it
+        if rank == 1 and st["attack"] == 2 and st["todo"] is None:
+            time.sleep(1.0)  # rank 0 saves its merge meanwhile: the restart finds them one attack apart
+            os._exit(17)
+        real(store, st)
+    shard._save = dying
+shard.evaluate_sharded(model, (blob["x"], blob["y"]), threat, blob["suite"], state_path=sys.argv[1] + "/state",
+                       **kw) if phase == "first" else \
+    save("resumed", shard.evaluate_sharded(model, (blob["x"], blob["y"]), threat, blob["suite"],
+                                           state_path=sys.argv[1] + "/state", **kw))
+shard.close()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(tmp, phase: str) -> subprocess.CompletedProcess:
+    driver = tmp / "driver.py"
+    driver.write_text(DRIVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--monitor-interval", "0.1",
+            str(driver), str(tmp), os.path.dirname(__file__), phase]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # a session of its own: a timeout ends the workers too
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun timed out: {stderr[-3000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, digits, digits_model):
+    tmp = tmp_path_factory.mktemp("shard")
+    _, _, x, y = digits
+    (tmp / "state").mkdir()
+    torch.save({"state": digits_model.state_dict(), "x": x, "y": y, "eps": EPS, "n": N, "batch": BATCH,
+                "seed": SEED, "suite": SUITE, "kwargs": KWARGS}, tmp / "inputs.pt")
+    first = torchrun(tmp, "first")
+    assert first.returncode != 0 and "exitcode  : 17" in first.stderr, first.stderr[-3000:]  # rank 1 was killed
+    states = sorted((tmp / "state").glob("shard-*.state"))
+    assert [s.name[-11:] for s in states] == ["r0of2.state", "r1of2.state"]
+    at = [json.loads(torch.load(s, weights_only=True)["meta"])["attack"] for s in states]
+    assert at == [2, 1], at  # rank 0 saved the merge of pgd (next: attack 2), rank 1 died before saving it
+    resumed = torchrun(tmp, "resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return tmp
+
+
+def reference(digits, digits_model, individual: bool):
+    _, _, x, y = digits
+    return evaluate(digits_model, (x, y), ThreatModel("linf", EPS), SUITE, n=N, batch_size=BATCH, seed=SEED,
+                    attack_kwargs=KWARGS, keep_adv=True, individual=individual)
+
+
+def assert_same(got: dict, ref) -> None:
+    assert torch.equal(got["robust"], ref.robust)
+    assert torch.equal(got["x_adv"], ref.x_adv)  # bit for bit, every adversarial example
+    assert got["robust_accuracy"] == ref.robust_accuracy
+    for name, rec in ref.per_attack.items():
+        for key in ("accuracy", "cumulative_accuracy", "n"):
+            assert got["per_attack"][name][key] == rec[key], (name, key)
+
+
+@pytest.mark.parametrize("individual", [False, True])
+def test_two_processes_give_one_process_result(sharded, digits, digits_model, individual):
+    ref = reference(digits, digits_model, individual)
+    # the comparison can fail: several attacks each break points, so the worst case is a merge of them
+    cum = [r["cumulative_accuracy"] for r in ref.per_attack.values()]
+    assert cum[0] > cum[1] > cum[-1] > 0 and ref.clean_accuracy > cum[0]
+    assert_same(torch.load(sharded / f"plain-{individual}.pt", weights_only=False), ref)
+
+
+def test_resumed_sharded_run_gives_the_same_result(sharded, digits, digits_model):
+    assert_same(torch.load(sharded / "resumed.pt", weights_only=False), reference(digits, digits_model, False))
+
+
+def test_one_process_is_evaluate(digits, digits_model):
+    """Without a process group evaluate_sharded is armor.evaluate itself."""
+    _, _, x, y = digits
+    a = evaluate_sharded(digits_model, (x, y), ThreatModel("linf", EPS), ["fgsm", "pgd"], n=30, batch_size=BATCH,
+                         seed=SEED, keep_adv=True)
+    b = evaluate(digits_model, (x, y), ThreatModel("linf", EPS), ["fgsm", "pgd"], n=30, batch_size=BATCH,
+                 seed=SEED, keep_adv=True)
+    assert torch.equal(a.robust, b.robust) and torch.equal(a.x_adv, b.x_adv)
