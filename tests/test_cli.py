@@ -146,3 +146,15 @@ def test_bad_inputs_get_clear_errors_not_tracebacks(run_dir, tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
     r = invoke("check", tmp_path / "missing.json", "--min-robust-accuracy", "5")
     assert r.exit_code == 2 and "fraction" in r.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("command", ["attack", "evaluate"])
+@pytest.mark.parametrize("device, match", [("cuda", "CUDA is not available here"), ("cuda:1", "CUDA is not available"),
+                                           ("mps", "MPS (Apple GPUs) is not available here"),
+                                           ("tpu", "is not a device"), ("meta", "is not supported")])
+def test_device_that_is_not_here_is_a_clear_error(run_dir, tmp_path, command, device, match):
+    out = tmp_path / ("a.npz" if command == "attack" else "e")
+    r = invoke(command, run_dir, "--device", device, "--n", "8", "--out", out)
+    assert r.exit_code == 2 and "error: --device" in r.output and match in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output and not out.exists()  # refused before any work

@@ -65,6 +65,31 @@ def init_from_env(device: Union[str, torch.device] = "cpu") -> bool:
     return True
 
 
+def resolve_device(spec: Union[str, torch.device]) -> torch.device:
+    """The device ``spec`` names, checked: ``cpu``, ``cuda`` (under torchrun: this process's ``cuda:LOCAL_RANK``),
+    ``cuda:N`` or ``mps``; ``ValueError`` names the problem when it is not available here."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{spec!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} was asked for, but CUDA is not available here (no NVIDIA GPU or "
+                             "driver, or a CPU-only torch build): use --device cpu")
+        if device.index is None and launched_by_torchrun():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} was asked for, but this machine has "
+                             f"{torch.cuda.device_count()} GPU(s): use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {spec!r} was asked for, but MPS (Apple GPUs) is not available here: "
+                             "use --device cpu")
+    elif device.type != "cpu":
+        raise ValueError(f"device {spec!r} is not supported: use cpu, cuda, cuda:N or mps")
+    return device
+
+
 def close() -> None:
     """Leave the process group (after :func:`init_from_env` created it)."""
     import torch.distributed as dist
@@ -257,4 +282,4 @@ def _save(store: Optional[_ShardState], st: dict) -> None:
         store.save(st)
 
 
-__all__ = ["close", "evaluate_sharded", "init_from_env", "launched_by_torchrun", "world"]
+__all__ = ["close", "evaluate_sharded", "init_from_env", "launched_by_torchrun", "resolve_device", "world"]
