@@ -15,6 +15,7 @@ from typing import Any, Callable
 from ._core import (attack_mode, ce_loss, check_logits, default_generator, dlr_loss, get_loss, is_fooled,
                     loss_and_grad, margin_loss, prepare)
 from .cw import cw_l2
+from .decision import RaySResult, rays, rays_search
 from .fab import fab_t, fab_t_minimal, hyperplane_step
 from .gradient import apgd, apgd_t, fgsm, fgsm_t, pgd, top_targets
 from .square import square
@@ -60,6 +61,10 @@ ATTACKS: dict[str, AttackSpec] = {
     "square-1k": AttackSpec(square, {"n_queries": 1000}, ("linf", "l2"), "Square Attack with 1000 queries", False),
     "square-x5": AttackSpec(square, {"n_queries": 5000, "restarts": 5}, ("linf", "l2"),
                             "Square Attack, 5000 queries, 5 restarts (AutoAttack+)", False),
+    "rays": AttackSpec(rays, {"n_queries": 10000}, ("linf",),
+                       "RayS, decision-based (hard-label) black box: uses only the predicted labels, 10000 queries "
+                       "(Chen & Gu 2020); for models that expose no scores: --suite rays", False),
+    "rays-1k": AttackSpec(rays, {"n_queries": 1000}, ("linf",), "RayS with 1000 label queries", False),
 }
 
 
@@ -84,5 +89,5 @@ def get_attack(name: str, **overrides: Any) -> AttackFn:
 
 
 __all__ = ["ATTACKS", "AttackSpec", "all_attacks", "apgd", "apgd_t", "attack_mode", "attack_spec", "ce_loss",
-           "check_logits", "cw_l2", "default_generator", "dlr_loss", "fab_t", "fab_t_minimal", "fgsm", "fgsm_t", "get_attack", "get_loss", "is_fooled",
+           "check_logits", "cw_l2", "RaySResult", "rays", "rays_search", "default_generator", "dlr_loss", "fab_t", "fab_t_minimal", "fgsm", "fgsm_t", "get_attack", "get_loss", "is_fooled",
            "loss_and_grad", "hyperplane_step", "margin_loss", "pgd", "prepare", "square", "top_targets"]
