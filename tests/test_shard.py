@@ -21,7 +21,10 @@ import sys
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
 from armor import ThreatModel
+from armor.app.cli import app
 from armor.evaluate import evaluate
 from armor.shard import evaluate_sharded
 
@@ -39,30 +42,36 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[2])
 from conftest import DigitsNet
+from typer.testing import CliRunner
+
 from armor import ThreatModel
+from armor.app.cli import app
 import armor.shard as shard
 
 blob = torch.load(sys.argv[1] + "/inputs.pt")
 model = DigitsNet()
 model.load_state_dict(blob["state"])
 threat = ThreatModel("linf", blob["eps"])
-shard.init_from_env()
+shard.init_from_env()  # one group for everything below (the CLI joins it instead of making its own)
 rank = shard.world()[0]
 kw = dict(n=blob["n"], batch_size=blob["batch"], seed=blob["seed"], attack_kwargs=blob["kwargs"], keep_adv=True)
 phase = sys.argv[3]
 
 def save(tag, r):
     if rank == 0:
-        torch.save({"robust": r.robust, "x_adv": r.x_adv, "per_attack": r.per_attack,
+        torch.save({"robust": r.robust, "x_adv": r.x_adv, "per_attack": r.per_attack, "broken_by": r.broken_by,
                     "robust_accuracy": r.robust_accuracy}, f"{sys.argv[1]}/{tag}.pt")
 
 if phase == "first":
+    from armor.app.cli import app
+    code = app(json.loads(sys.argv[4]), standalone_mode=False)  # `armor evaluate` under torchrun
+    assert not code, code
     for individual in (False, True):
         save(f"plain-{individual}", shard.evaluate_sharded(model, (blob["x"], blob["y"]), threat, blob["suite"],
                                                            individual=individual, **kw))
     real = shard._save
     def dying(store, st):  # rank 1 dies right after the merge of attack 1 (pgd), before saving it
-        if rank == 1 and st["attack"] == 2 and st["todo"] is None:
+        if rank == 1 and st.attack == 2 and st.todo is None:
             time.sleep(1.0)  # rank 0 saves its merge meanwhile: the restart finds them one attack apart
             os._exit(17)
         real(store, st)
@@ -81,13 +90,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cli_argv(tmp, out: str) -> list[str]:
+    """`armor evaluate` of the digits run with a PGD (random start) in the suite, uneven batches of 8."""
+    return ["evaluate", str(tmp / "run"), "--suite", "fgsm,pgd,apgd-ce", "-n", "60", "--batch-size", "8",
+            "--eps", "0.1", "--seed", "3", "--no-extras", "--certify", "none", "--quiet", "--threads", "1",
+            "--out", str(tmp / out)]
+
+
 def torchrun(tmp, phase: str) -> subprocess.CompletedProcess:
     driver = tmp / "driver.py"
     driver.write_text(DRIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--monitor-interval", "0.1",
-            str(driver), str(tmp), os.path.dirname(__file__), phase]
+            str(driver), str(tmp), os.path.dirname(__file__), phase, json.dumps(cli_argv(tmp, "cli-sharded"))]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # a session of its own: a timeout ends the workers too
     try:
@@ -104,6 +120,10 @@ def sharded(tmp_path_factory, digits, digits_model):
     tmp = tmp_path_factory.mktemp("shard")
     _, _, x, y = digits
     (tmp / "state").mkdir()
+    r = CliRunner().invoke(app, ["train", "--dataset", "digits", "--model", "mlp", "--recipe", "standard",
+                                 "--epochs", "1", "--n-train", "400", "--quiet", "--threads", "1", "--out",
+                                 str(tmp / "run")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
     torch.save({"state": digits_model.state_dict(), "x": x, "y": y, "eps": EPS, "n": N, "batch": BATCH,
                 "seed": SEED, "suite": SUITE, "kwargs": KWARGS}, tmp / "inputs.pt")
     first = torchrun(tmp, "first")
@@ -127,8 +147,10 @@ def assert_same(got: dict, ref) -> None:
     assert torch.equal(got["robust"], ref.robust)
     assert torch.equal(got["x_adv"], ref.x_adv)  # bit for bit, every adversarial example
     assert got["robust_accuracy"] == ref.robust_accuracy
+    if getattr(ref, "broken_by", None) is not None:  # which attack broke each point
+        assert torch.equal(got["broken_by"], ref.broken_by)
     for name, rec in ref.per_attack.items():
-        for key in ("accuracy", "cumulative_accuracy", "n"):
+        for key in rec.keys() - {"seconds"}:  # accuracy, cumulative_accuracy, n, broke
             assert got["per_attack"][name][key] == rec[key], (name, key)
 
 
@@ -143,6 +165,20 @@ def test_two_processes_give_one_process_result(sharded, digits, digits_model, in
 
 def test_resumed_sharded_run_gives_the_same_result(sharded, digits, digits_model):
     assert_same(torch.load(sharded / "resumed.pt", weights_only=False), reference(digits, digits_model, False))
+
+
+def test_armor_evaluate_under_torchrun_writes_one_process_results(sharded):
+    """`torchrun -m armor evaluate` (rank 0 writes, the other process's state file is gone) against plain
+    `armor evaluate` in this process."""
+    r = CliRunner().invoke(app, cli_argv(sharded, "cli-single"), catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    one, two = (json.loads((sharded / d / "results.json").read_text()) for d in ("cli-single", "cli-sharded"))
+    assert two["robust_accuracy"] == one["robust_accuracy"] and two["clean_accuracy"] == one["clean_accuracy"]
+    for name, rec in one["per_attack"].items():
+        assert {k: v for k, v in rec.items() if k != "seconds"} == \
+            {k: v for k, v in two["per_attack"][name].items() if k != "seconds"}, name
+    assert one["per_attack"]["fgsm"]["cumulative_accuracy"] > one["robust_accuracy"] > 0
+    assert sorted(p.name for p in (sharded / "cli-sharded").iterdir()) == ["results.json"]
 
 
 def test_one_process_is_evaluate(digits, digits_model):

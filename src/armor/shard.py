@@ -23,8 +23,6 @@ starts over, which gives the same result since it is deterministic.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import time
 from pathlib import Path
@@ -35,9 +33,8 @@ from torch import nn
 
 from .attacks import attack_mode, get_attack
 from .engine import as_xy, attack_batches, model_device, predict_logits
-from .evaluate import EvalResult, _fingerprint, evaluate, resolve_suite
+from .evaluate import EvalResult, EvalState, _StateFile, _fingerprint, evaluate, resolve_suite
 from .threat import check_inputs, warn_if_probabilities
-from .utils import atomic_write_bytes
 
 
 def world() -> tuple[int, int]:
@@ -101,8 +98,8 @@ def close() -> None:
 def evaluate_sharded(model: nn.Module, data: Any, threat, suite: Union[str, Sequence[str]] = "standard", *,
                      n: Optional[int] = None, batch_size: int = 500, seed: int = 0, individual: bool = False,
                      state_path: Union[str, Path, None] = None, attack_kwargs: Optional[dict[str, dict[str, Any]]] = None,
-                     keep_adv: bool = False,
-                     progress: Optional[Callable[[str, int, int], None]] = None) -> EvalResult:
+                     keep_adv: bool = False, progress: Optional[Callable[[str, int, int], None]] = None,
+                     **more: Any) -> EvalResult:
     """:func:`armor.evaluate`, sharded over the current process group (see the module docstring).
 
     Every process must call it with the same arguments (model, data, threat, suite, seed, ...). Each returns
@@ -113,7 +110,12 @@ def evaluate_sharded(model: nn.Module, data: Any, threat, suite: Union[str, Sequ
     rank, size = world()
     if size == 1:
         return evaluate(model, data, threat, suite, n=n, batch_size=batch_size, seed=seed, individual=individual,
-                        state_path=state_path, attack_kwargs=attack_kwargs, keep_adv=keep_adv, progress=progress)
+                        state_path=state_path, attack_kwargs=attack_kwargs, keep_adv=keep_adv, progress=progress,
+                        **more)
+    given = sorted(k for k, v in more.items() if v is not None)
+    if given:
+        raise ValueError(f"the sharded evaluation does not take {', '.join(given)} yet: run this evaluation in one "
+                         "process (without torchrun)")
     x, y = as_xy(data)
     check_inputs(x, y, None, threat)
     if n is not None:
@@ -145,90 +147,96 @@ def evaluate_sharded(model: nn.Module, data: Any, threat, suite: Union[str, Sequ
         if not path.is_dir():
             raise ValueError(f"state_path {path} must be a directory under torchrun: each process keeps its own "
                              "state file in it")
-        store = _ShardState(path / f"shard-{key[:20]}-r{rank}of{size}.state", key)
+        store = _StateFile(path / f"shard-{key[:20]}-r{rank}of{size}.state", key)
     st, problem = None, None
     try:
-        st = store.load(device) if store is not None else None
+        st = store.load(device) if store is not None and store.exists() else None
     except ValueError as e:
         problem = e
     if int(comm.reduce(torch.tensor([int(problem is not None)]), "max")):  # every process stops, not only one
         raise problem or ValueError(f"another process's evaluation state in {state_path} is unreadable or stale "
                                     "(its error names it): delete it to start over")
     # resume only states that belong to one interrupted run: present on every process, at most one attack apart
-    at = st["attack"] if st is not None else 0
+    at = st.attack if st is not None else 0
     have = int(comm.reduce(torch.tensor([int(st is not None)]), "min"))
     lo, hi = int(comm.reduce(torch.tensor([at]), "min")), int(comm.reduce(torch.tensor([at]), "max"))
-    fresh = not have or hi - lo > 1
-    if fresh:
-        st = {"attack": 0, "done": 0, "own": 0, "seconds": 0.0, "prev": None, "records": {},
-              "robust": clean_correct.clone(), "todo": None, "mine": torch.zeros_like(clean_correct),
-              "x_adv": x.clone() if keep_adv else None}
-        lo = 0
-    prior = sum(r["seconds"] for r in st["records"].values() if "cumulative_accuracy" in r)
+    if not have or hi - lo > 1:
+        st, lo = EvalState(robust=clean_correct.clone(), x_adv=x.clone() if keep_adv else None), 0
+    if getattr(st, "broken_by", None) is None:  # which attack broke each point, kept in the state with it
+        st.broken_by = torch.full((total,), -1, dtype=torch.long, device=device)
+    prior = sum(r["seconds"] for r in st.records.values() if "cumulative_accuracy" in r)
 
-    if st["attack"] == lo + 1:  # ahead by one: this process saved the merge of attack lo that others missed
-        _merge(comm, st, st["prev"], names[lo], clean_correct, total, individual)
+    if st.attack == lo + 1:  # ahead by one: this process saved the merge of attack lo that the others missed
+        _merge(comm, st, names[lo], clean_correct, total, individual)
         _save(store, st)
     start = getattr(progress, "start", None) if progress is not None and rank == 0 else None
-    for a_idx in range(st["attack"], len(names)):
+    for a_idx in range(st.attack, len(names)):
         name = names[a_idx]
         fn = get_attack(name, **attack_kwargs.get(name, {}))
-        if st["todo"] is None:
-            st["todo"] = (clean_correct if individual else st["robust"]).nonzero().squeeze(1)
-            st["done"], st["own"], st["seconds"] = 0, 0, 0.0
-            st["records"][name] = {"n": int(st["todo"].numel())}
-        todo = st["todo"]
+        if st.todo is None:
+            st.todo = (clean_correct if individual else st.robust).nonzero().squeeze(1)
+            st.batch, st.own_fooled = 0, 0
+            st.records[name] = {"n": int(st.todo.numel()), "seconds": 0.0, "broke": 0}
+        record, todo = st.records[name], st.todo
         n_batches = (todo.numel() + batch_size - 1) // batch_size
         mine = list(range(rank, n_batches, size))
         if start is not None:
             start(name, int(todo.numel()), n_batches, 0)
-        for b in mine[st["done"]:]:
+        for b in mine[st.batch:]:  # st.batch counts this process's batches done
             t0 = time.perf_counter()
             _, _, idx, xb = next(attack_batches(model, fn, x, y, threat, batch_size=batch_size, seed=seed,
                                                 stream=a_idx, index=todo, start=b, name=name))
             with attack_mode(model), torch.no_grad():
                 fooled = model(xb).argmax(1) != y[idx]
-            st["own"] += int(fooled.sum())
-            newly = fooled & st["robust"][idx]  # never overwrite an earlier success
-            st["robust"][idx[newly]] = False
-            st["mine"][idx[newly]] = True
-            if st["x_adv"] is not None:
-                st["x_adv"][idx[newly]] = xb[newly]
-            st["seconds"] += time.perf_counter() - t0
-            st["done"] += 1
+            st.own_fooled += int(fooled.sum())
+            newly = fooled & st.robust[idx]  # never overwrite an earlier success
+            st.robust[idx[newly]] = False
+            st.broken_by[idx[newly]] = a_idx
+            record["broke"] += int(newly.sum())
+            if st.x_adv is not None:  # only this process's examples differ from x: it owns them
+                st.x_adv[idx[newly]] = xb[newly]
+            record["seconds"] += time.perf_counter() - t0
+            st.batch += 1
             _save(store, st)
             if progress is not None and rank == 0:
                 progress(name, b + 1, n_batches)
-        local = {"own": st["own"], "seconds": st["seconds"]}
-        st["attack"], st["todo"], st["prev"] = a_idx + 1, None, local
-        _merge(comm, st, local, name, clean_correct, total, individual)
+        # this process's share of the attack, kept for a merge that has to be repeated after a restart
+        record.update({"own_here": st.own_fooled, "seconds_here": record["seconds"], "broke_here": record["broke"]})
+        st.attack, st.todo, st.batch, st.own_fooled = a_idx + 1, None, 0, 0
+        _merge(comm, st, name, clean_correct, total, individual)
         _save(store, st)
 
-    robust = st["robust"]
+    robust = st.robust
     x_adv = None
-    if keep_adv:  # each fooled point has exactly one owner: the sum over processes is its example, exactly
-        owned = torch.where(st["mine"].view(-1, *[1] * (x.dim() - 1)), st["x_adv"], torch.zeros_like(x))
-        x_adv = torch.where((clean_correct & ~robust).view(-1, *[1] * (x.dim() - 1)), comm.reduce(owned, "sum"), x)
+    if keep_adv:  # a fooled point differs from x only on the process that fooled it: the sum is exact
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        owned = (st.x_adv != x).flatten(1).any(1).view(shape)
+        summed = comm.reduce(torch.where(owned, st.x_adv, torch.zeros_like(x)), "sum")
+        x_adv = torch.where((clean_correct & ~robust).view(shape), summed, x)
     seconds = float(comm.reduce(torch.tensor([time.perf_counter() - t_start], dtype=torch.float64), "max"))
     per_attack = {k: {"accuracy": v.get("accuracy"), "cumulative_accuracy": v["cumulative_accuracy"],
-                      "seconds": v["seconds"], "n": v["n"]} for k, v in st["records"].items()}
-    return EvalResult(
+                      "broke": v["broke"], "seconds": v["seconds"], "n": v["n"]} for k, v in st.records.items()}
+    result = EvalResult(
         clean_accuracy=int(clean_correct.sum()) / total, robust_accuracy=int(robust.sum()) / total,
         per_attack=per_attack, threat_model=threat.to_dict(), suite=names, n=total,
         seconds=round(seconds + prior, 4), seed=seed, robust=robust.cpu(), clean_correct=clean_correct.cpu(),
         x_adv=None if x_adv is None else x_adv.cpu(), state_file=None if store is None else store.path)
+    result.broken_by = st.broken_by.cpu()
+    return result
 
 
-def _merge(comm: "_Comm", st: dict, local: dict, name: str, clean_correct: torch.Tensor, total: int,
+def _merge(comm: "_Comm", st: EvalState, name: str, clean_correct: torch.Tensor, total: int,
            individual: bool) -> None:
-    """Merge one attack over the processes: the per-point flags (minimum), the own-fooled counts (sum) and the
-    time (the slowest process); writes the attack's record."""
-    st["robust"] = comm.reduce(st["robust"].to(torch.uint8), "min").bool()
-    own = int(comm.reduce(torch.tensor([local["own"]]), "sum"))
-    seconds = float(comm.reduce(torch.tensor([local["seconds"]], dtype=torch.float64), "max"))
-    st["records"][name].update({
-        "accuracy": (int(clean_correct.sum()) - own) / total if individual else None,
-        "cumulative_accuracy": int(st["robust"].sum()) / total, "seconds": round(seconds, 4)})
+    """Merge one attack over the processes: the per-point flags (minimum: a flag only goes from robust to
+    fooled) and which attack broke each point, the counts (sum) and the time (the slowest process); completes
+    the attack's record."""
+    record = st.records[name]
+    st.robust = comm.reduce(st.robust.to(torch.uint8), "min").bool()
+    st.broken_by = comm.reduce(st.broken_by, "max")  # a point is broken once, by one process
+    own, broke = comm.reduce(torch.tensor([record["own_here"], record["broke_here"]]), "sum").tolist()
+    seconds = float(comm.reduce(torch.tensor([record["seconds_here"]], dtype=torch.float64), "max"))
+    record.update({"accuracy": (int(clean_correct.sum()) - own) / total if individual else None,
+                   "cumulative_accuracy": int(st.robust.sum()) / total, "seconds": round(seconds, 4), "broke": broke})
 
 
 class _Comm:
@@ -247,37 +255,7 @@ class _Comm:
         return buf.to(self.device)
 
 
-class _ShardState:
-    """One process's state: the bookkeeping as JSON, the per-point tensors beside it; fingerprinted, atomic."""
-
-    TENSORS = ("robust", "todo", "mine", "x_adv")
-
-    def __init__(self, path: Path, fingerprint: str):
-        self.path, self.fingerprint = path, fingerprint
-
-    def load(self, device: torch.device) -> Optional[dict]:
-        if not self.path.exists():
-            return None
-        try:
-            blob = torch.load(self.path, map_location=device, weights_only=True)
-            meta = json.loads(blob["meta"])
-        except Exception as e:  # torch raises several types for damaged files
-            raise ValueError(f"evaluation state {self.path} is unreadable ({type(e).__name__}: {e}); "
-                             "delete it to start over") from None
-        if meta.pop("fingerprint") != self.fingerprint:
-            raise ValueError(f"evaluation state {self.path} belongs to another evaluation: delete it")
-        return {**meta, **{k: blob.get(k) for k in self.TENSORS}}
-
-    def save(self, st: dict) -> None:
-        blob = {k: st[k] for k in self.TENSORS if st[k] is not None}
-        blob["meta"] = json.dumps({"fingerprint": self.fingerprint,
-                                   **{k: v for k, v in st.items() if k not in self.TENSORS}})
-        buf = io.BytesIO()
-        torch.save(blob, buf)
-        atomic_write_bytes(self.path, buf.getvalue())
-
-
-def _save(store: Optional[_ShardState], st: dict) -> None:
+def _save(store: Optional[_StateFile], st: EvalState) -> None:
     if store is not None:
         store.save(st)
 
