@@ -91,10 +91,23 @@ def _fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alp
     return (x + delta).clamp(0, 1).detach()
 
 
+def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 7) -> torch.Tensor:
+    """Madry et al.'s PGD (random start, ``steps`` sign steps of 2.5 eps / steps), written out here so that the
+    "pgd" model is trained by no armor code."""
+    alpha = 2.5 * eps / steps
+    x_adv = (x + (torch.rand_like(x) * 2 - 1) * eps).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+        x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
+
+
 def train(kind: str, *, epochs: int, n_train: int = 60000, eps: float = 0.1, seed: int = 0,
           batch_size: int = 128, lr: float = 1e-3, verbose: bool = True) -> nn.Module:
-    """Train (or load from the cache) a SmallCNN. ``kind``: "standard" or "fgsm-rs" (alpha = 1.25 eps)."""
-    if kind not in ("standard", "fgsm-rs"):
+    """Train (or load from the cache) a SmallCNN. ``kind``: "standard", "fgsm-rs" (alpha = 1.25 eps) or "pgd"
+    (PGD-7 adversarial training, Madry et al.)."""
+    if kind not in ("standard", "fgsm-rs", "pgd"):
         raise ValueError(kind)
     cfg = {"kind": kind, "epochs": epochs, "n_train": n_train, "eps": eps if kind != "standard" else None,
            "seed": seed, "batch_size": batch_size, "lr": lr, "torch": torch.__version__.split("+")[0]}
@@ -121,6 +134,8 @@ def train(kind: str, *, epochs: int, n_train: int = 60000, eps: float = 0.1, see
             xb, yb = x[b], y[b]
             if kind == "fgsm-rs":
                 xb = _fgsm_rs(model, xb, yb, eps, 1.25 * eps)
+            elif kind == "pgd":
+                xb = _pgd(model, xb, yb, eps)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(xb), yb).backward()
             opt.step()

@@ -166,66 +166,89 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
 
     Success is misclassification (as in AutoAttack, also for targeted losses). Fooled points are frozen at
     their first adversarial iterate when ``early_stop`` is set; the others return their highest-loss iterate.
+    The state of the points still moving is kept compacted (gathered again only when points are fooled and
+    leave), so a step costs one forward-backward pass plus elementwise work on those points.
     """
     n = x.shape[0]
     dev, dt = x.device, x.dtype
     # Checkpoints: p0 = 0, p1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), in iterations.
     period = max(int(0.22 * steps), 1)
     period_min, period_decr = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
-    eta = torch.full((n,), 2.0 * threat.eps_scalar, dtype=dt, device=dev)
+    box = threat.linf_box(x)
 
-    proj = _projector(threat, x)
     x_adv = threat.random_init(x, generator)
     loss, logits, grad = loss_and_grad(model, x_adv, y, loss_fn, target)
     check_logits(logits, y)
-    fooled = is_fooled(logits, y)
-    out_x = x_adv.clone()  # fooled: first adversarial iterate; else: best-loss iterate (kept in x_best)
-    x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
-    loss_prev = loss.clone()
-    n_increase = torch.zeros(n, dtype=torch.long, device=dev)
+    fooled_all = is_fooled(logits, y)
+    out_x = x_adv.clone()  # per point: its first adversarial iterate if fooled, else its best-loss iterate
+    loss_out = loss.clone()
+    # The points still moving, in order, and their state.
+    pos = (~fooled_all).nonzero().squeeze(1) if early_stop else torch.arange(n, device=dev)
+    xc, yc = x[pos], y[pos]
+    tc = None if target is None else target[pos]
+    lo, hi = (None, None) if box is None else (box[0][pos], box[1][pos])
+    xa, grad, fooled = x_adv[pos], grad[pos], fooled_all[pos]
+    first_adv = xa.clone()
+    x_best, grad_best, loss_best = xa.clone(), grad.clone(), loss[pos].clone()
+    loss_prev = loss_best.clone()
+    eta = torch.full((pos.numel(),), 2.0 * threat.eps_scalar, dtype=dt, device=dev)
+    n_increase = torch.zeros(pos.numel(), dtype=torch.long, device=dev)
     loss_best_at_check = loss_best.clone()
-    reduced_at_check = torch.ones(n, dtype=torch.bool, device=dev)  # no "no-improvement" cut at the first check
-    x_old = x_adv.clone()
-    active = ~fooled if early_stop else torch.ones(n, dtype=torch.bool, device=dev)
+    reduced_at_check = torch.ones(pos.numel(), dtype=torch.bool, device=dev)  # no "no-improvement" cut at first
+    x_old = xa.clone()
+
+    def proj(v: torch.Tensor) -> torch.Tensor:
+        return threat.project(v, xc) if lo is None else torch.clamp(v, lo, hi)
+
+    def rows(mask: torch.Tensor) -> torch.Tensor:
+        return mask.view(-1, *([1] * (x.dim() - 1)))
+
     since_check = 0
     for i in range(steps):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
+        if pos.numel() == 0:
             break
-        xa, gi = x_adv[idx], grad[idx]
         momentum = 0.75 if i > 0 else 1.0
-        z = proj(threat.step(xa, gi, eta[idx], l1_sparsity), idx)
-        x_new = proj(xa + momentum * (z - xa) + (1 - momentum) * (xa - x_old[idx]), idx)
-        x_old[idx] = xa
-        x_adv[idx] = x_new
-        ti = None if target is None else target[idx]
-        l, logits, g = loss_and_grad(model, x_new, y[idx], loss_fn, ti)
-        grad[idx] = g
-        newly = is_fooled(logits, y[idx]) & ~fooled[idx]
-        out_x[idx[newly]] = x_new[newly]
-        fooled[idx[newly]] = True
-        n_increase[idx] += (l > loss_prev[idx]).long()
-        loss_prev[idx] = l
-        improved = l > loss_best[idx]
-        up = idx[improved]
-        x_best[up], grad_best[up], loss_best[up] = x_new[improved], g[improved], l[improved]
+        z = proj(threat.step(xa, grad, eta, l1_sparsity))
+        x_new = proj(xa + momentum * (z - xa) + (1 - momentum) * (xa - x_old))
+        x_old, xa = xa, x_new
+        l, logits, grad = loss_and_grad(model, x_new, yc, loss_fn, tc)
+        newly = is_fooled(logits, yc) & ~fooled
+        if newly.any():
+            first_adv = torch.where(rows(newly), x_new, first_adv)
+            fooled = fooled | newly
+        n_increase += (l > loss_prev).long()
+        loss_prev = l
+        improved = l > loss_best
+        x_best = torch.where(rows(improved), x_new, x_best)
+        grad_best = torch.where(rows(improved), grad, grad_best)
+        loss_best = torch.where(improved, l, loss_best)
         since_check += 1
         if since_check == period:
             # Halve the step where progress stalled: too few increases, or no cut and no new best since.
             cut = (n_increase <= rho * period) | (~reduced_at_check & (loss_best_at_check >= loss_best))
-            cut &= active
             reduced_at_check = cut
             loss_best_at_check = loss_best.clone()
-            eta[cut] /= 2.0
-            x_adv[cut] = x_best[cut]
-            grad[cut] = grad_best[cut]
+            eta = torch.where(cut, eta / 2.0, eta)
+            xa = torch.where(rows(cut), x_best, xa)
+            grad = torch.where(rows(cut), grad_best, grad)
             n_increase.zero_()
             since_check = 0
             period = max(period - period_decr, period_min)
-        if early_stop:
-            active &= ~fooled
-    out_x = torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), out_x, x_best)
-    return out_x, fooled, loss_best
+        if early_stop and newly.any():  # fooled points leave: write them out, compact the rest
+            out_x[pos[newly]] = first_adv[newly]
+            loss_out[pos[newly]] = loss_best[newly]
+            fooled_all[pos[newly]] = True
+            k = ~newly
+            pos, xc, yc, xa, grad, fooled, first_adv = pos[k], xc[k], yc[k], xa[k], grad[k], fooled[k], first_adv[k]
+            x_best, grad_best, loss_best, loss_prev, eta = x_best[k], grad_best[k], loss_best[k], loss_prev[k], eta[k]
+            n_increase, loss_best_at_check, reduced_at_check, x_old = (n_increase[k], loss_best_at_check[k],
+                                                                        reduced_at_check[k], x_old[k])
+            tc = None if tc is None else tc[k]
+            lo, hi = (None, None) if lo is None else (lo[k], hi[k])
+    out_x[pos] = torch.where(rows(fooled), first_adv, x_best)
+    loss_out[pos] = loss_best
+    fooled_all[pos] = fooled
+    return out_x, fooled_all, loss_out
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, loss: str = "ce",

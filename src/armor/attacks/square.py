@@ -78,45 +78,66 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
 
 
 def _square_linf(model, x, y, threat, n_queries, p_init, g):
+    """linf Square on the points of ``x``; returns (x_best, fooled).
+
+    The state of the points still in play (their best point, clean point, box and margin) is kept compacted and
+    is re-gathered only when some point is fooled, so an iteration costs one forward pass plus work on the
+    squares themselves: a candidate is the current best with one window replaced by ``x +- eps`` (clamped).
+    """
+    shape = x.shape
     xi = _as_image(x)
     n, c, h, w = xi.shape
+    dev = x.device
     eps = threat.eps_scalar
-    box = threat.linf_box(x)  # project each candidate with one clamp when there are no constraints
-    lo, hi = (None, None) if box is None else (_as_image(box[0]), _as_image(box[1]))
-    ar_h = torch.arange(h, device=x.device)
-    ar_w = torch.arange(w, device=x.device)
+    box = threat.linf_box(x)  # None with constraints: then every candidate goes through threat.project
     # Init: vertical stripes of +-eps (one sign per column and channel).
-    signs = torch.randint(0, 2, (n, c, 1, w), generator=g, device=x.device).to(x.dtype) * 2 - 1
-    x_best = threat.project((xi + eps * signs).reshape_as(x), x)
-    margin = -margin_loss(model(x_best), y)  # > 0 while correctly classified
+    signs = torch.randint(0, 2, (n, c, 1, w), generator=g, device=dev).to(x.dtype) * 2 - 1
+    out = _as_image(threat.project((xi + eps * signs).reshape(shape), x)).clone()
+    margin = -margin_loss(model(out.reshape(shape)), y)  # > 0 while correctly classified
+    fooled = margin <= 0
+    # The points in play, in their original order (so every draw below matches one point, as without compaction).
+    pos = (~fooled).nonzero().squeeze(1)
+    cur, base, yy, mg = out[pos], xi[pos], y[pos], margin[pos]
+    lo, hi = (None, None) if box is None else (_as_image(box[0])[pos], _as_image(box[1])[pos])
+    ar_sh, ar_sw = torch.arange(h, device=dev), torch.arange(w, device=dev)
     for it in range(1, n_queries):
-        todo = (margin > 0).nonzero().squeeze(1)
-        if todo.numel() == 0:
+        m = pos.numel()
+        if m == 0:
             break
-        m = todo.numel()
         p = _p_schedule(p_init, it, n_queries)
         s = max(int(round(math.sqrt(p * h * w))), 1)
         sh, sw = min(s, h), min(s, w)
-        cur = _as_image(x_best[todo])
-        base = _as_image(x[todo])
-        delta = cur - base
-        top = torch.randint(0, h - sh + 1, (m,), generator=g, device=x.device)
-        left = torch.randint(0, w - sw + 1, (m,), generator=g, device=x.device)
-        # The window as an outer product of a row band and a column band (no scatter).
-        rows = (ar_h[None] >= top[:, None]) & (ar_h[None] < top[:, None] + sh)
-        cols = (ar_w[None] >= left[:, None]) & (ar_w[None] < left[:, None] + sw)
-        win = rows[:, None, :, None] & cols[:, None, None, :]
-        new_sign = (torch.randint(0, 2, (m, c, 1, 1), generator=g, device=x.device).to(x.dtype) * 2 - 1) * eps
-        delta = torch.where(win, new_sign, delta)
+        top = torch.randint(0, h - sh + 1, (m,), generator=g, device=dev)
+        left = torch.randint(0, w - sw + 1, (m,), generator=g, device=dev)
+        new_sign = (torch.randint(0, 2, (m, c, 1, 1), generator=g, device=dev).to(x.dtype) * 2 - 1) * eps
+        rows = (top[:, None] + ar_sh[:sh])[:, :, None]  # (m, sh, 1)
+        cols = (left[:, None] + ar_sw[:sw])[:, None, :]  # (m, 1, sw)
+        ar = torch.arange(m, device=dev)[:, None, None]
+        cand = cur.clone()
         if lo is None:
-            cand = threat.project((base + delta).reshape(m, *x.shape[1:]), x[todo])
+            win = torch.zeros(m, 1, h, w, dtype=torch.bool, device=dev)
+            win[ar, 0, rows, cols] = True
+            cand = _as_image(threat.project(torch.where(win, base + new_sign, cur).reshape(m, *shape[1:]),
+                                            base.reshape(m, *shape[1:])))
         else:
-            cand = torch.clamp(base + delta, lo[todo], hi[todo]).reshape(m, *x.shape[1:])
-        new_margin = -margin_loss(model(cand), y[todo])
-        better = new_margin < margin[todo]
-        x_best[todo[better]] = cand[better]
-        margin[todo[better]] = new_margin[better]
-    return x_best, margin <= 0
+            # Advanced indices around the channel slice: the patches come out as (m, sh, sw, c).
+            sign = new_sign.view(m, 1, 1, c)
+            cand[ar, :, rows, cols] = torch.minimum(torch.maximum(base[ar, :, rows, cols] + sign, lo[ar, :, rows, cols]),
+                                                    hi[ar, :, rows, cols])
+        new_margin = -margin_loss(model(cand.reshape(m, *shape[1:])), yy)
+        better = new_margin < mg
+        cur = torch.where(better.view(-1, 1, 1, 1), cand, cur)
+        mg = torch.where(better, new_margin, mg)
+        done = mg <= 0
+        if done.any():  # write the fooled points out and drop them from the state
+            out[pos[done]] = cur[done]
+            fooled[pos[done]] = True
+            keep = ~done
+            pos, cur, base, yy, mg = pos[keep], cur[keep], base[keep], yy[keep], mg[keep]
+            if lo is not None:
+                lo, hi = lo[keep], hi[keep]
+    out[pos] = cur
+    return out.reshape(shape), fooled
 
 
 def _square_l2(model, x, y, threat, n_queries, p_init, g):
