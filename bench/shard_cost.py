@@ -135,7 +135,7 @@ def main() -> None:
                      for k in counts)
     table = f"""Per-point cost of the `standard` suite on PreAct ResNet-18 (3x32x32, armor's CIFAR-10 model) on one core of
 {info['cpu']} (torch {info['torch']}, 1 thread), load {', '.join(f'{v:.1f}' for v in load)} during the run.
-Command: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/shard_cost.py --write`.
+Command: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/shard_cost.py {" ".join(sys.argv[1:])}`.
 
 CPU seconds per point and pass, batches of {args.batch}: forward {t_f * 1e3:.2f} ms, backward (input gradient)
 {t_b * 1e3:.2f} ms. Passes per point of a point no attack breaks (counted with PassCounter at full budgets):

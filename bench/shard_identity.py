@@ -84,7 +84,7 @@ def main() -> None:
     table = f"""The `standard` suite on the PGD-trained Fashion-MNIST small CNN (bench/common.py), eps 0.1, the first {args.n}
 test points, batches of {args.batch}: one process (`armor.evaluate`) against `torchrun --nproc_per_node 2`
 (`armor.shard.evaluate_sharded`, gloo), 1 torch thread per process, load {', '.join(f'{v:.1f}' for v in load)}.
-Command: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/shard_identity.py --n {args.n} --write`.
+Command: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/shard_identity.py {" ".join(sys.argv[1:])}`.
 
 Identical: per-point flags {same['flags']}, adversarial examples (bit for bit) {same['x_adv']}, which attack broke
 each point {same['broken_by']}, every attack's figures {same['per_attack']}. Robust accuracy {one.robust_accuracy:.3f}
