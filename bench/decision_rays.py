@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, load_fashion_mnist, replace_section, train  # noqa: E402
+from common import load_fashion_mnist, train  # noqa: E402
+from shard_common import write_subsection  # noqa: E402
 
 from armor import ThreatModel  # noqa: E402
 from armor.attacks import rays_search  # noqa: E402
@@ -144,12 +145,7 @@ Command: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/decision_rays.py -
 """
     print(table)
     if args.write:
-        path = BENCH / "RESULTS.md"
-        text = path.read_text()
-        head = "## Sharding and decision-based attacks"
-        body = text.split(head, 1)[1].split("\n## ", 1)[0] if head in text else ""
-        keep = body.split("### RayS", 1)[0].strip()
-        replace_section(path, head, (keep + "\n\n" if keep else "") + "### RayS against its reference\n\n" + table)
+        write_subsection("RayS against its reference", table)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, machine_info, replace_section  # noqa: E402
+from common import machine_info  # noqa: E402
+from shard_common import write_subsection  # noqa: E402
 
 from armor import ThreatModel  # noqa: E402
 from armor.attacks import attack_mode  # noqa: E402
@@ -174,15 +175,7 @@ pick `--batch-size` so that the robust points fill N batches or more.
     print(table)
     print(plan)
     if args.write:
-        path = BENCH / "RESULTS.md"
-        text = path.read_text()
-        head = "## Sharding and decision-based attacks"
-        body = text.split(head, 1)[1].split("\n## ", 1)[0] if head in text else ""
-        parts = body.split("### ")
-        keep = [p for p in parts[1:] if not p.startswith("Cost per point")]
-        replace_section(path, head, "\n\n".join(["### " + p.strip() for p in keep]
-                                                + ["### Cost per point of the standard suite\n\n" + table]))
-        (Path("/tmp/scale") / "scale_plan.md").write_text(plan)
+        write_subsection("Cost per point of the standard suite", table)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, load_fashion_mnist, replace_section, train  # noqa: E402
+from common import BENCH, load_fashion_mnist, train  # noqa: E402
+from shard_common import write_subsection  # noqa: E402
 
 from armor import ThreatModel  # noqa: E402
 from armor.evaluate import evaluate  # noqa: E402
@@ -102,13 +103,7 @@ free; the ratio here is {t_one / two['seconds']:.2f}x.
     if not all(same.values()):
         sys.exit("NOT IDENTICAL")
     if args.write:
-        path = BENCH / "RESULTS.md"
-        text = path.read_text()
-        head = "## Sharding and decision-based attacks"
-        body = text.split(head, 1)[1].split("\n## ", 1)[0] if head in text else ""
-        parts = [p for p in body.split("### ")[1:] if not p.startswith("Sharded against one process")]
-        replace_section(path, head, "\n\n".join(["### Sharded against one process\n\n" + table]
-                                                + ["### " + p.strip() for p in parts]))
+        write_subsection("Sharded against one process", table)
 
 
 if __name__ == "__main__":
