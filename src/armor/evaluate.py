@@ -87,18 +87,35 @@ class EvalResult:
     clean_correct: Optional[torch.Tensor] = field(default=None, repr=False)
     x_adv: Optional[torch.Tensor] = field(default=None, repr=False)  # the successful example, else the input
     state_file: Optional[Path] = field(default=None, repr=False)  # where the resumable state was kept
+    # per sample: the suite index of the attack that last lowered its score (-1: none did)
+    broken_by: Optional[torch.Tensor] = field(default=None, repr=False)
+    # per sample, with a ``score``: the expected correctness at its worst point (robust is score > 0)
+    score: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("robust", "clean_correct", "x_adv", "state_file")}
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("robust", "clean_correct", "x_adv", "state_file", "broken_by", "score")}
+
+    def broken_points(self) -> dict[str, list[int]]:
+        """Which attack broke which points: ``{attack name: [point indices]}`` (the attack that lowered each
+        point last; with a ``score``, lowered its expected correctness)."""
+        if self.broken_by is None:
+            return {}
+        return {name: (self.broken_by == i).nonzero().squeeze(1).tolist() for i, name in enumerate(self.suite)}
 
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
 
 
 def _fingerprint(x: torch.Tensor, y: torch.Tensor, names: list[str], threat: ThreatModel, seed: int,
-                 model: nn.Module, kwargs: dict[str, Any]) -> str:
+                 model: nn.Module, kwargs: dict[str, Any], extra: Optional[str] = None,
+                 start: Optional[torch.Tensor] = None) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([names, threat.to_dict(), seed, kwargs], sort_keys=True, default=str).encode())
+    if extra is not None:  # only then: a fingerprint of an evaluation without these stays what it was
+        h.update(extra.encode())
+    if start is not None:
+        h.update(start.detach().cpu().double().numpy().tobytes())
     h.update(x.detach().cpu().contiguous().numpy().tobytes())
     h.update(y.detach().cpu().numpy().tobytes())
     for t in model.state_dict().values():
@@ -106,11 +123,16 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor, names: list[str], threat: Thr
     return h.hexdigest()
 
 
+ScoreFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
              suite: Union[str, Sequence[str]] = "standard", *, n: Optional[int] = None, batch_size: int = 500,
              seed: int = 0, individual: bool = False, state_path: Union[str, Path, None] = None,
              attack_kwargs: Optional[dict[str, dict[str, Any]]] = None, keep_adv: bool = False,
-             progress: Optional[Callable[[str, int, int], None]] = None) -> EvalResult:
+             progress: Optional[Callable[[str, int, int], None]] = None,
+             attacks: Optional[dict[str, Callable[..., torch.Tensor]]] = None, score: Optional[ScoreFn] = None,
+             start: Optional[torch.Tensor] = None, key: Optional[str] = None) -> EvalResult:
     """Worst-case robust accuracy of ``model`` under ``threat`` over an ensemble of attacks.
 
     Arguments:
@@ -132,10 +154,21 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
             counts from 1 and ends at ``n_batches``); nothing is printed otherwise. If it also has a
             ``start(name, n_points, n_batches, done)`` method, that is called as each attack starts (or resumes
             after ``done`` batches) with the number of points it attacks, so a display can count points left.
+        attacks: attacks by name that are not in the registry, ``attack(model, x, y, threat, generator=g)``
+            (the adaptive attacks of :mod:`armor.adaptive`: BPDA, EOT, transfer); ``suite`` may name them. They
+            are judged on ``model`` itself, whatever they attacked.
+        score: per point, how correct ``model`` is at an input, in [0, 1]: ``score(model, x, y)``. Default:
+            1 if the prediction is right, else 0. A randomized model's expected accuracy over its random draws
+            (:class:`armor.adaptive.ExpectedCorrect`): each point keeps its lowest score over the attacks, and
+            the robust accuracy is the mean of those.
+        start: per point, the worst case found before (bool, or scores with ``score``); attacks run only where
+            it is above 0, and the result continues from it (escalating an earlier evaluation).
+        key: describes ``attacks`` and ``score`` in the state's fingerprint (whatever changes what they do).
     Returns:
         :class:`EvalResult`; ``per_attack[name]`` holds ``accuracy`` (own accuracy on the same points, with
-        ``individual``), ``cumulative_accuracy`` (worst case after this attack), ``seconds`` and ``n`` (points
-        attacked).
+        ``individual``), ``cumulative_accuracy`` (worst case after this attack), ``broke`` (points it broke
+        that no earlier attack had; with ``score``, the expected correctness it took away), ``seconds`` and
+        ``n`` (points attacked). ``result.broken_points()`` says which attack broke which points.
     """
     x, y = as_xy(data)
     check_inputs(x, y, None, threat)
@@ -147,11 +180,12 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
         raise ValueError("there are no points to evaluate: the dataset (or its first n points) is empty")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    names = resolve_suite(suite, threat)
+    attacks = attacks or {}
+    names = resolve_suite(suite, threat) if not attacks else _with_custom(suite, threat, attacks)
     attack_kwargs = attack_kwargs or {}
-    for key in attack_kwargs:
-        if key not in names:
-            raise ValueError(f"attack_kwargs names {key!r}, which is not in the suite {names}")
+    for name in attack_kwargs:
+        if name not in names:
+            raise ValueError(f"attack_kwargs names {name!r}, which is not in the suite {names}")
     device = model_device(model, x.device)
     x, y = x.to(device), y.to(device)
     total = x.shape[0]
@@ -160,41 +194,65 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
     logits = predict_logits(model, x, batch_size)
     check_inputs(x, y, logits.shape[1])
     warn_if_probabilities(logits)
-    clean_correct = logits.argmax(1) == y
-    st = EvalState(robust=clean_correct.clone(), x_adv=x.clone() if keep_adv else None)
+    if score is None:
+        clean_score = logits.argmax(1) == y
+    else:
+        clean_score = torch.cat([_checked_score(score, model, x[i:i + batch_size], y[i:i + batch_size])
+                                 for i in range(0, total, batch_size)])
+    clean_correct = clean_score > 0
+    if start is not None:
+        start = start.to(device)
+        if start.shape != clean_score.shape or (score is None) != (start.dtype == torch.bool):
+            raise ValueError(f"start must hold one {'bool' if score is None else 'score'} per point "
+                             f"({total}), got {start.dtype} of shape {tuple(start.shape)}")
+        begin = torch.minimum(start.to(clean_score.dtype), clean_score) if score is not None else start & clean_score
+    else:
+        begin = clean_score
+    st = EvalState(robust=begin.clone(), x_adv=x.clone() if keep_adv else None,
+                   broken_by=torch.full((total,), -1, dtype=torch.long, device=device))
     store = None
     if state_path is not None:
-        fingerprint = _fingerprint(x, y, names, threat, seed, model, attack_kwargs)
+        fingerprint = _fingerprint(x, y, names, threat, seed, model, attack_kwargs, key,
+                                   None if start is None else begin)
         path = Path(state_path)
         store = _StateFile(path / f"eval-{fingerprint[:20]}.state" if path.is_dir() else path, fingerprint)
     if store is not None and store.exists():
         saved = store.load(device)
         st = EvalState(saved.robust, saved.records, saved.attack, saved.batch, saved.todo, saved.own_fooled,
-                       saved.x_adv if keep_adv and saved.x_adv is not None else st.x_adv)
+                       saved.x_adv if keep_adv and saved.x_adv is not None else st.x_adv,
+                       saved.broken_by if saved.broken_by is not None else st.broken_by)
     prior_seconds = sum(r["seconds"] for r in st.records.values())
-    start = getattr(progress, "start", None) if progress is not None else None
+    on_start = getattr(progress, "start", None) if progress is not None else None
 
     for a_idx in range(st.attack, len(names)):
         name = names[a_idx]
-        fn = get_attack(name, **attack_kwargs.get(name, {}))
+        fn = attacks[name] if name in attacks else get_attack(name, **attack_kwargs.get(name, {}))
         if st.todo is None:  # a fresh attack (not one resumed in the middle)
-            st.todo = (clean_correct if individual else st.robust).nonzero().squeeze(1)
+            st.todo = (clean_correct if individual else st.robust > 0).nonzero().squeeze(1)
             st.batch, st.own_fooled = 0, 0
-            st.records[name] = {"seconds": 0.0, "n": int(st.todo.numel())}
+            st.records[name] = {"seconds": 0.0, "n": int(st.todo.numel()), "broke": 0}
         record = st.records[name]
-        if start is not None:
+        if on_start is not None:
             n_points = int(st.todo.numel())
-            start(name, n_points, (n_points + batch_size - 1) // batch_size, st.batch)
+            on_start(name, n_points, (n_points + batch_size - 1) // batch_size, st.batch)
         t0 = time.perf_counter()
         for b, n_batches, idx, xb in attack_batches(model, fn, x, y, threat, batch_size=batch_size, seed=seed,
                                                     stream=a_idx, index=st.todo, start=st.batch, name=name):
-            with attack_mode(model), torch.no_grad():
-                fooled = model(xb).argmax(1) != y[idx]
-            st.own_fooled += int(fooled.sum())
-            newly = fooled & st.robust[idx]  # never overwrite an earlier success
-            st.robust[idx[newly]] = False
+            if score is None:
+                with attack_mode(model), torch.no_grad():
+                    now = model(xb).argmax(1) == y[idx]
+                st.own_fooled += int((~now).sum())
+                lower = ~now & st.robust[idx]  # never overwrite an earlier success
+                record["broke"] += int(lower.sum())
+            else:
+                now = _checked_score(score, model, xb, y[idx])
+                st.own_fooled += float((clean_score[idx] - now).clamp(min=0).sum())
+                lower = now < st.robust[idx]  # a point keeps its lowest score
+                record["broke"] += float((st.robust[idx] - now).clamp(min=0).sum())
+            st.robust[idx[lower]] = now[lower]
+            st.broken_by[idx[lower]] = a_idx
             if st.x_adv is not None:
-                st.x_adv[idx[newly]] = xb[newly]
+                st.x_adv[idx[lower]] = xb[lower]
             record["seconds"] += time.perf_counter() - t0  # the attack ran inside attack_batches, since t0
             st.batch = b + 1
             if store is not None:
@@ -203,8 +261,8 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
                 progress(name, b + 1, n_batches)
             t0 = time.perf_counter()
         record.update({
-            "accuracy": (int(clean_correct.sum()) - st.own_fooled) / total if individual else None,
-            "cumulative_accuracy": int(st.robust.sum()) / total,
+            "accuracy": (float(clean_score.double().sum()) - st.own_fooled) / total if individual else None,
+            "cumulative_accuracy": float(st.robust.double().sum()) / total,
             "seconds": round(record["seconds"], 4),
         })
         st.attack, st.batch, st.todo, st.own_fooled = a_idx + 1, 0, None, 0
@@ -212,37 +270,63 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
             store.save(st)
 
     per_attack = {k: {"accuracy": v.get("accuracy"), "cumulative_accuracy": v["cumulative_accuracy"],
-                      "seconds": v["seconds"], "n": v["n"]} for k, v in st.records.items()}
+                      "broke": v.get("broke"), "seconds": v["seconds"], "n": v["n"]} for k, v in st.records.items()}
     return EvalResult(
-        clean_accuracy=int(clean_correct.sum()) / total,
-        robust_accuracy=int(st.robust.sum()) / total,
+        clean_accuracy=float(clean_score.double().sum()) / total,
+        robust_accuracy=float(st.robust.double().sum()) / total,
         per_attack=per_attack,
         threat_model=threat.to_dict(),
         suite=names,
         n=total,
         seconds=round(time.perf_counter() - t_start + prior_seconds, 4),
         seed=seed,
-        robust=st.robust.cpu(),
+        robust=(st.robust > 0).cpu(),
         clean_correct=clean_correct.cpu(),
         x_adv=None if st.x_adv is None else st.x_adv.cpu(),
         state_file=None if store is None else store.path,
+        broken_by=st.broken_by.cpu(),
+        score=None if score is None else st.robust.cpu(),
     )
+
+
+def _with_custom(suite: Union[str, Sequence[str]], threat: ThreatModel,
+                 attacks: dict[str, Callable[..., torch.Tensor]]) -> list[str]:
+    """The suite's names when some of them are ``attacks`` outside the registry (the rest must resolve)."""
+    names = [s.strip() for s in suite.split(",") if s.strip()] if isinstance(suite, str) else list(suite)
+    if isinstance(suite, str) and suite in all_suites():
+        return resolve_suite(suite, threat)
+    registered = [nm for nm in names if nm not in attacks]
+    if registered:
+        resolve_suite(registered, threat)  # raises on unknown names and norms
+    if not names:
+        raise ValueError("the attack suite is empty: pass 'standard', 'fast' or a list of attack names")
+    return names
+
+
+def _checked_score(score: ScoreFn, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    s = score(model, x, y)
+    if s.shape != y.shape or not s.is_floating_point():
+        raise ValueError(f"score must return one float per point, got {s.dtype} of shape {tuple(s.shape)}")
+    return s.to(torch.float64)
 
 
 @dataclass
 class EvalState:
     """Where an evaluation stands: the per-sample worst case so far and the position in the suite.
 
-    ``attack`` and ``batch`` are the next attack and batch to run; ``todo`` the points the current attack
-    works through (``None`` between attacks); ``own_fooled`` how many of them it has fooled so far."""
+    ``robust`` is per point: bool, or the score (expected correctness) with a ``score`` function. ``attack``
+    and ``batch`` are the next attack and batch to run; ``todo`` the points the current attack works through
+    (``None`` between attacks); ``own_fooled`` how many of them it has fooled so far (with a score: the score it
+    took away from them); ``broken_by`` the attack that last lowered each point (-1: none)."""
 
     robust: torch.Tensor
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     attack: int = 0
     batch: int = 0
     todo: Optional[torch.Tensor] = None
-    own_fooled: int = 0
+    own_fooled: Union[int, float] = 0
     x_adv: Optional[torch.Tensor] = None
+    broken_by: Optional[torch.Tensor] = None
 
 
 class _StateFile:
@@ -272,15 +356,14 @@ class _StateFile:
             current = next((r for r in records.values() if "cumulative_accuracy" not in r), {})
             own = current.get("_own_fooled", 0)
         return EvalState(blob["robust"], records, meta["attack"], meta["batch"], blob.get("todo"), own,
-                         blob.get("x_adv"))
+                         blob.get("x_adv"), blob.get("broken_by"))
 
     def save(self, st: EvalState) -> None:
         blob = {"meta": json.dumps({"fingerprint": self.fingerprint, "records": st.records, "attack": st.attack,
                                     "batch": st.batch, "own_fooled": st.own_fooled}), "robust": st.robust}
-        if st.todo is not None:
-            blob["todo"] = st.todo
-        if st.x_adv is not None:
-            blob["x_adv"] = st.x_adv
+        for name in ("todo", "x_adv", "broken_by"):
+            if getattr(st, name) is not None:
+                blob[name] = getattr(st, name)
         buf = io.BytesIO()
         torch.save(blob, buf)
         atomic_write_bytes(self.path, buf.getvalue())
