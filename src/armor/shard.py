@@ -87,6 +87,14 @@ def resolve_device(spec: Union[str, torch.device]) -> torch.device:
     return device
 
 
+def all_state_files(state_file: Union[str, Path]) -> list[Path]:
+    """Every process's state file of the sharded evaluation that ``state_file`` (one process's) belongs to."""
+    path = Path(state_file)
+    stem, _, tail = path.name.rpartition("-r")
+    size = int(tail.split("of", 1)[1].split(".", 1)[0])
+    return [path.with_name(f"{stem}-r{r}of{size}.state") for r in range(size)]
+
+
 def close() -> None:
     """Leave the process group (after :func:`init_from_env` created it)."""
     import torch.distributed as dist
@@ -260,4 +268,4 @@ def _save(store: Optional[_StateFile], st: EvalState) -> None:
         store.save(st)
 
 
-__all__ = ["close", "evaluate_sharded", "init_from_env", "launched_by_torchrun", "resolve_device", "world"]
+__all__ = ["all_state_files", "close", "evaluate_sharded", "init_from_env", "launched_by_torchrun", "resolve_device", "world"]

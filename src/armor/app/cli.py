@@ -170,16 +170,17 @@ def _placed(device, sharded: bool):
 
     from . import measure as measure_module
     from .rundir import RunDir
-    from ..shard import evaluate_sharded, world
+    from ..shard import all_state_files, evaluate_sharded, world
 
     load = RunDir.model
+    states: list[Path] = []  # every process's state file, removed by rank 0 once all is measured
 
     def evaluator(*args, **kwargs):
         result = evaluate_sharded(*args, **kwargs)
         if world()[0] != 0:
-            if result.state_file is not None and result.state_file.exists():
-                result.state_file.unlink()
-            raise _WorkerDone
+            raise _WorkerDone  # its state stays until rank 0 has finished (a restart then resumes every process)
+        if result.state_file is not None:
+            states.extend(all_state_files(result.state_file))
         return result
 
     with contextlib.ExitStack() as stack:
@@ -188,6 +189,8 @@ def _placed(device, sharded: bool):
         if sharded:
             stack.enter_context(mock.patch.object(measure_module, "evaluate", evaluator))
         yield
+    for path in states:
+        path.unlink(missing_ok=True)
 
 
 def _threads(threads: str, model, display: "_Display", batch: Optional[int] = None) -> None:
@@ -359,7 +362,7 @@ def attack(
     dataset: Annotated[Optional[str], typer.Option(help="Dataset; defaults to the run's.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Directory (or file) holding the dataset.")] = None,
     split: Annotated[str, typer.Option(help="Dataset split to attack.")] = "test",
-    n: Annotated[Optional[int], typer.Option(help="Attack only the first N points.")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", "-n", help="Attack only the first N points.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the attack's generator.")] = 0,
     out: Annotated[Path, typer.Option(help="Output .npz with x, y, x_adv, pred_clean, pred_adv.")] = Path("adv.npz"),
     batch_size: Annotated[int, typer.Option(help="Points per attack call.")] = 500,
