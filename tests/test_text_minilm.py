@@ -19,7 +19,7 @@ from armor.domains.text.train import WEIGHTS, load_text, train_text
 from armor.domains.text.wordnet import load_wordnet
 from armor.training.checkpoint import load_weights
 
-N_TRAIN = 600
+N_TRAIN = 300
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,8 @@ def head(tmp_path_factory):
     meta = train_text(run, arch="minilm", epochs=3, n_train=N_TRAIN, seed=0)
     model, vocab, _ = load_text(run)
     split = load_split("mr", seed=0, n_test=1000)
-    tokens = [tokenize(t) for t in split.test_texts[:200]]
-    return run, model, vocab, meta, tokens, split.test_labels[:200]
+    tokens = [tokenize(t) for t in split.test_texts[:100]]
+    return run, model, vocab, meta, tokens, split.test_labels[:100]
 
 
 def encoder_digest():
@@ -77,23 +77,25 @@ def test_gradient_importance_pools_a_words_pieces(head):
 
 
 def test_the_head_learns_and_an_attack_lowers_it(head):
-    """Measured for training seeds 0-3 (600 sentences, 3 epochs): clean accuracy on 200 test sentences
-    FILL; after the a2t recipe on the first 40 (no similarity floor, 200 queries) FILL."""
+    """Measured for training seeds 0-3 (300 sentences, 3 epochs): clean accuracy on 100 test sentences 0.66,
+    0.58, 0.64, 0.59 (half of them are positive); the a2t recipe on the first 40 (no similarity floor, 200
+    queries) took the accuracy down by 0.425, 0.275, 0.400, 0.300. The test uses seed 0 and asks for 0.55 and a
+    drop of 0.2."""
     _, model, vocab, _, tokens, labels = head
     target = TargetModel(model, vocab)
     clean = float((target.probs(tokens).argmax(1) == torch.tensor(labels)).float().mean())
-    assert clean >= 0.65
+    assert clean >= 0.55
     res = run_attacks(target, tokens[:40], labels[:40], ["a2t"], TextThreat(min_similarity=0.0, query_budget=200),
                       wordnet=load_wordnet())
-    assert res["clean_accuracy"] - res["robust_accuracy"] >= 0.15
+    assert res["clean_accuracy"] - res["robust_accuracy"] >= 0.2
 
 
 def test_a2t_and_embed_pgd_train_the_head_and_leave_the_encoder(tmp_path):
     before = encoder_digest()
-    std = train_text(tmp_path / "std", arch="minilm", epochs=2, n_train=64, batch_size=32, seed=1)
-    a2t = train_text(tmp_path / "a2t", arch="minilm", recipe="a2t", epochs=2, n_train=64, batch_size=32, seed=1,
+    std = train_text(tmp_path / "std", arch="minilm", epochs=2, n_train=32, batch_size=16, seed=1)
+    a2t = train_text(tmp_path / "a2t", arch="minilm", recipe="a2t", epochs=2, n_train=32, batch_size=16, seed=1,
                      query_budget=30)
-    pgd = train_text(tmp_path / "pgd", arch="minilm", recipe="embed-pgd", epochs=1, n_train=64, batch_size=32,
+    pgd = train_text(tmp_path / "pgd", arch="minilm", recipe="embed-pgd", epochs=1, n_train=16, batch_size=16,
                      seed=1)
     assert encoder_digest() == before and all(m["status"] == "finished" for m in (std, a2t, pgd))
     assert a2t["cost"]["attack_queries"] > 0
