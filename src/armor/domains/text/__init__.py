@@ -5,7 +5,9 @@ insert, delete, homoglyph) under one fixed :class:`.threat.TextThreat` (a share 
 POS match, a sentence-encoder similarity floor, a query budget); recipes in the manner of PWWS, TextFooler,
 DeepWordBug and A2T and a beam search are built from the same parts (:mod:`.attacks`), and a sentence counts as
 robust only if no recipe fools the model (the per-sentence worst case). Models are a word-CNN or a BiLSTM
-trained from scratch on MR (:mod:`.models`, :mod:`.train`: standard, embedding-space PGD, FreeLB, A2T).
+trained from scratch on MR, or the frozen MiniLM-L6 encoder with a linear head (``--arch minilm``; the encoder
+is the one the similarity constraint loads, :mod:`.encoder`) (:mod:`.models`, :mod:`.train`: standard,
+embedding-space PGD, FreeLB, A2T).
 
 As a plug-in (:data:`DOMAIN`) it contributes a :class:`armor.plugins.Workflow` (`armor train --domain text`,
 `armor evaluate RUN`, `armor check --min-robust-accuracy`), its report section (figures per recipe and a

@@ -9,7 +9,11 @@ Recipes (``recipe``):
 ``standard``   cross-entropy on clean sentences
 ``embed-pgd``  PGD in embedding space: ``steps`` normalised-gradient ascent steps of size ``step_size`` inside a
                per-token l2 ball of radius ``radius`` (in units of the mean embedding norm), trained on
-               ``adv_ratio`` x adversarial + (1 - adv_ratio) x clean loss
+               ``adv_ratio`` x adversarial + (1 - adv_ratio) x clean loss. The radius is 0.02: a word-CNN's
+               embeddings start as N(0, 1) rows and training moves them far less than their norm, so a ball of
+               0.1 x the norm (the old default) overpowered the learnt signal and the CNN ended as a constant
+               classifier (training accuracy 50.9 / 51.5% after 4 epochs on seeds 0 / 1); 0.05 reached 62-63%
+               clean and 0.02 67.8-69.9% on seeds 0-3 (standard: about 70%)
 ``freelb``     FreeLB: the same ascent, with the parameter gradients of every ascent step accumulated (each loss
                divided by ``steps``), so the adversarial steps also train; no separate clean pass
 ``a2t``        A2T: after one clean epoch, ``adv_ratio`` of each batch's sentences are attacked with the cheap
@@ -17,6 +21,11 @@ Recipes (``recipe``):
                word and POS constraints, ``query_budget`` 200 and ``candidates`` 8 per word and transformation; the
                similarity floor is not applied while training, for speed: evaluation always applies it) and the
                adversarial sentences are added to the batch
+
+``arch="minilm"`` (the frozen MiniLM encoder with a linear head, :class:`.models.MiniLMHead`): standard and
+a2t training encode each training sentence once and train the head on the remembered sentence vectors (an
+a2t adversarial sentence goes through the encoder); embed-pgd and freelb perturb the word-piece embeddings the
+frozen transformer reads, so they run it forward and backward on every batch. Only the head trains.
 
 Batches are padded to their own longest sentence. Every epoch draws its shuffling, dropout and attack
 randomness from ``derive_seed(seed, ..., epoch)``, and a checkpoint (weights, optimizer, epoch, time) is written
