@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from torch import nn
 
 from .. import metrics
+from ..adaptive import escalate, triggers
 from ..engine import as_xy
 from ..evaluate import evaluate
 from ..plugins import Measurement, domain_of_dataset
@@ -97,7 +98,8 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
             calibration: bool = True, shift: bool = True, interpret: bool = True, masking: bool = True,
             masking_n: int = 300, attack_kwargs: Optional[dict[str, dict[str, Any]]] = None, seed: int = 0,
             batch_size: int = 500, state_path: Any = None, progress: Progress = None,
-            certify: Optional[str] = None, smoothing: Optional[dict[str, Any]] = None) -> tuple[dict, dict]:
+            certify: Optional[str] = None, smoothing: Optional[dict[str, Any]] = None, adaptive: bool = True,
+            bpda_modules: Sequence[str] = ()) -> tuple[dict, dict]:
     """Measure ``model`` under ``threat`` on ``data`` (``(x, y)`` or a Dataset).
 
     Arguments:
@@ -118,6 +120,13 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
             ``"crown-ibp"`` or ``"crown"`` (bound propagation: the model itself, also at every eps of the curve),
             ``"smoothing"`` (the smoothed classifier, with ``smoothing`` = ``{"sigma", "n0", "n", "alpha"}``),
             ``None`` (no certificate).
+        adaptive: when a masking flag calls for it, escalate (:func:`armor.adaptive.escalate`: EOT for random
+            outputs, BPDA through the non-differentiable layers it finds or ``bpda_modules`` names, transfer from a
+            surrogate). ``robust_accuracy`` is then the worst case over the suite and the escalation (for a model
+            with random outputs, the expected accuracy over draws, and so is ``clean_accuracy``),
+            ``suite_robust_accuracy`` the suite's own, ``per_attack`` gains the adaptive attacks (``broke``: what
+            each broke that everything before it missed) and ``adaptive`` says what ran and which points each
+            attack broke. Costs nothing when no flag fires.
     The thread count is torch's current one: pick it with :func:`armor.threads.use_threads` (what
     ``armor evaluate --threads`` does), e.g. ``with use_threads("auto", model): measure(...)``.
     Returns:
@@ -138,6 +147,7 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
     stages = (["worst-case evaluation"] + (["curve"] if threat.eps_scalar > 0 else [])
               + (["certified bounds"] if certify else [])
               + (["calibration"] if calibration else []) + [m.name for m in extra] + (["masking"] if masking else []))
+    # "adaptive escalation" follows masking only when a flag calls for it, and joins the stages then
 
     def announce(key: str) -> None:
         hooks.stage(key, stages.index(key) + 1 if key in stages else len(stages), len(stages))
@@ -178,12 +188,36 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
             model, x, y, threat, curve=entry.get("curve"), n=masking_n, seed=seed, batch_size=batch_size))
         entry["masking_flags"] = checks["flags"]
         entry["masking_checks"] = checks["checks"]
+        if adaptive and (triggers(checks["flags"]) or bpda_modules):
+            stages.append("adaptive escalation")
+            found = timed("adaptive escalation", lambda: escalate(
+                model, x, y, threat, checks["flags"], base=result, modules=bpda_modules, seed=seed,
+                batch_size=batch_size, state_path=state_path, attack_kwargs=_adaptive_kwargs(attack_kwargs),
+                progress=_AttackHook(hooks)))
+            if found is not None:
+                entry["suite_robust_accuracy"] = entry["robust_accuracy"]
+                entry["robust_accuracy"] = found.robust_accuracy
+                if found.draws is not None:  # random outputs: both numbers are expectations over draws
+                    entry["suite_clean_accuracy"] = entry["clean_accuracy"]
+                    entry["clean_accuracy"] = found.clean_accuracy
+                entry["per_attack"].update(found.per_attack)
+                entry["adaptive"] = found.to_dict()
+                if found.result is not None and found.result.state_file is not None and found.result.state_file.exists():
+                    found.result.state_file.unlink()
     else:
         entry["masking_flags"] = []
     entry["eval_seconds"]["total"] = round(time.perf_counter() - t0, 3)
     if result.state_file is not None and result.state_file.exists():
         result.state_file.unlink()
     return entry, artifacts
+
+
+def _adaptive_kwargs(attack_kwargs: Optional[dict[str, dict[str, Any]]]) -> Optional[dict[str, dict[str, Any]]]:
+    """The suite's overrides of the attacks the escalation runs too (APGD-CE, APGD-T), so both use one budget."""
+    from ..adaptive import ATTACKS
+
+    picked = {k: v for k, v in (attack_kwargs or {}).items() if k in ATTACKS}
+    return picked or None
 
 
 CERTIFY_METHODS = ("ibp", "crown-ibp", "crown", "smoothing")
