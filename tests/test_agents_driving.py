@@ -254,3 +254,39 @@ def test_failure_rules_of_known_tasks():
     assert ev.summary()["clean"]["failure_share"] == pytest.approx(np.mean([r < 8 for r in ev.clean]))
     assert json.loads(json.dumps(ev.to_dict()))["failure_label"] == "failed episodes"
     assert agents_evaluate.Task(failure_key="crashed").label == "failed episodes"
+
+
+def test_highway_training_reproduces_and_resumes_exactly(tmp_path, monkeypatch):
+    """Two runs of one seed on highway-env end with the same weights, and so does a run killed after its first
+    checkpoint and resumed. Both failed before: highway-env makes a new, unseeded action space at every reset, so
+    the random-policy rollout that estimates the normaliser drew other actions in every run (a killed and resumed
+    run kept its saved normaliser, the rerun estimated another: it looked like an inexact resume)."""
+    pytest.importorskip("highway_env")
+    from armor.domains.agents import train as agents_train
+
+    env_id = "armor/highway-drive-v0"  # registered by armor: highway-fast-v0 with a reward that pays for speed
+    a, b = (agents_train.estimate_normalizer(env_id, 60, 5) for _ in range(2))
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.scale, b.scale)
+
+    class Killed(Exception):
+        pass
+
+    real = agents_train._Run.save_checkpoint
+
+    def save_then_die(self):
+        real(self)
+        raise Killed
+
+    kw = dict(eps=0.2, total_steps=192, seed=3, checkpoint_every=64, normalizer_steps=60,
+              ppo={"n_steps": 16, "batch_size": 32, "n_epochs": 2}, kappa=1.0, steps=2)
+    monkeypatch.setattr(agents_train._Run, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train_agent(env_id, "sa-ppo", out_dir=tmp_path / "killed", **kw)
+    monkeypatch.setattr(agents_train._Run, "save_checkpoint", real)
+    resumed = train_agent(env_id, "sa-ppo", out_dir=tmp_path / "killed", resume=True, **kw)
+    assert resumed.metadata["resume"] == {"resumes": 1, "exact": True}
+    full = train_agent(env_id, "sa-ppo", out_dir=tmp_path / "full", **kw)
+    again = train_agent(env_id, "sa-ppo", out_dir=tmp_path / "again", **kw)
+    weights = [m.model.policy.state_dict() for m in (resumed, full, again)]
+    for w in weights[1:]:
+        assert all(torch.equal(weights[0][k], w[k]) for k in w)

@@ -43,7 +43,7 @@ from torch import distributions as D
 from torch import nn
 
 from ...threat import ThreatModel
-from .envs import EnvLike, check_agent_env, env_id_of, make_env, obs_bounds, to_action
+from .envs import EnvLike, check_agent_env, env_id_of, make_env, obs_bounds, to_action, to_actions
 from .policy import PolicyAdapter
 from .threat import ObsNormalizer, adapter_in_z, to_raw
 
@@ -313,6 +313,7 @@ class RobustSarsa:
         g = torch.Generator().manual_seed(seed)
         rng = np.random.default_rng(seed)
         env = make_env(env_id, seed=seed, **env_kwargs)  # seeds the random exploratory actions too
+        space = env.action_space  # kept: highway-env replaces env.action_space (unseeded) at every reset
         check_agent_env(adapter, env)
         discrete = adapter.discrete
         za = adapter_in_z(adapter, normalizer)
@@ -327,7 +328,7 @@ class RobustSarsa:
                 z = normalizer.to_z(x)
                 seen = normalizer.from_z(noise.random_init(z, generator=g)) if rng.random() < 0.5 else x
                 if rng.random() < self.explore:
-                    action = env.action_space.sample()
+                    action = space.sample()
                 else:
                     action = _sample_action(adapter, env, seen, g)
                 nobs, r, term, trunc, _ = env.step(action)
@@ -595,18 +596,26 @@ class EpisodeResult:
                 "failed": self.failed}
 
 
-def _inside(threat: ThreatModel, normalizer: ObsNormalizer, seen: torch.Tensor, obs: torch.Tensor,
-            low: np.ndarray, high: np.ndarray) -> tuple[bool, float]:
-    """Whether the raw observation ``seen`` is inside the budget around ``obs``: the z-ball (up to float
-    round-off of the z <-> raw maps) and the raw observation bounds."""
+def _inside_rows(threat: ThreatModel, normalizer: ObsNormalizer, seen: torch.Tensor, obs: torch.Tensor,
+                 low: np.ndarray, high: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of the raw batch ``seen``: whether it is inside the budget around the raw batch ``obs`` (the
+    z-ball up to float round-off of the z <-> raw maps, and the raw observation bounds), and its size."""
     z, z_seen = normalizer.to_z(obs.double()), normalizer.to_z(seen.double())
-    size = float(threat.norm_of(z_seen - z).max())
-    tol = 1e-5 * max(1.0, float(z.abs().max()), float(z_seen.abs().max()))
+    size = threat.norm_of(z_seen - z)
+    tol = 1e-5 * torch.maximum(z.abs().amax(1), z_seen.abs().amax(1)).clamp_min(1.0)
     lo, hi = torch.as_tensor(low), torch.as_tensor(high)
     span = torch.where(torch.isfinite(lo) & torch.isfinite(hi), (hi - lo).abs(), torch.ones_like(lo))
     slack = 1e-6 * span.clamp_min(1.0)
-    in_bounds = bool(((seen.double() >= lo - slack) & (seen.double() <= hi + slack)).all())
-    return size <= threat.eps_scalar + tol and in_bounds, size
+    in_bounds = ((seen.double() >= lo - slack) & (seen.double() <= hi + slack)).all(1)
+    return (size <= threat.eps_scalar + tol) & in_bounds, size
+
+
+def _inside(threat: ThreatModel, normalizer: ObsNormalizer, seen: torch.Tensor, obs: torch.Tensor,
+            low: np.ndarray, high: np.ndarray) -> tuple[bool, float]:
+    """Whether every row of ``seen`` is inside the budget around ``obs`` (:func:`_inside_rows`), and the
+    largest size."""
+    ok, size = _inside_rows(threat, normalizer, seen, obs, low, high)
+    return bool(ok.all()), float(size.max())
 
 
 def run_episode(env: EnvLike, adapter: PolicyAdapter, attack: Optional[ObsAttack] = None,
@@ -624,47 +633,87 @@ def run_episode(env: EnvLike, adapter: PolicyAdapter, attack: Optional[ObsAttack
     ``render_at``: state indices (0: after the reset, ``length``: the final state) at which ``env.render()`` is
     kept in ``frames`` (the environment must have been made with ``render_mode="rgb_array"``).
     """
-    if not 0.0 <= attack_share <= 1.0:
-        raise ValueError(f"attack_share must be in [0, 1], got {attack_share}")
-    if attack is not None and (normalizer is None or threat is None):
-        raise ValueError("an attack needs the normalizer and the threat")
     import gymnasium as gym
 
     owned = not isinstance(env, gym.Env)
     env = make_env(env) if owned else env
     try:
-        check_agent_env(adapter, env)
-        low, high = obs_bounds(env)
-        gen = torch.Generator().manual_seed(int(seed))
-        rng = np.random.default_rng(int(seed))
-        obs, _ = env.reset(seed=int(seed))
-        ret, length, attacked, inside, worst, failed = 0.0, 0, 0, True, 0.0, False
-        render_at, frames = set(int(t) for t in render_at), {}
-        with adapter.frozen():
-            while True:
-                if length in render_at:
-                    frames[length] = env.render()
-                x = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(1, -1))
-                seen = x
-                if attack is not None and rng.random() < attack_share:
-                    seen = torch.as_tensor(attack(adapter, normalizer, threat, x, generator=gen),
-                                           dtype=torch.float32).reshape(x.shape).detach()
-                    ok, size = _inside(threat, normalizer, seen, x, low, high)
-                    inside, worst, attacked = inside and ok, max(worst, size), attacked + 1
-                obs, r, term, trunc, info = env.step(to_action(adapter, env, seen, deterministic))
-                ret += float(r)
-                length += 1
-                if failure_key is not None and info.get(failure_key):
-                    failed = True
-                if term or trunc or (max_steps is not None and length >= max_steps):
-                    if length in render_at:
-                        frames[length] = env.render()
-                    break
+        return run_episodes([env], adapter, attack, normalizer, threat, [seed], attack_share, max_steps, failure_key,
+                            deterministic, render_at)[0]
     finally:
         if owned:
             env.close()
-    return EpisodeResult(ret, length, inside, attacked, worst, failed, frames)
+
+
+def run_episodes(envs: Sequence[Any], adapter: PolicyAdapter, attack: Optional[ObsAttack] = None,
+                 normalizer: Optional[ObsNormalizer] = None, threat: Optional[ThreatModel] = None,
+                 seeds: Sequence[int] = (0,), attack_share: float = 1.0, max_steps: Optional[int] = None,
+                 failure_key: Optional[str] = None, deterministic: bool = True,
+                 render_at: Sequence[int] = ()) -> list[EpisodeResult]:
+    """Play ``len(seeds)`` episodes in lock step, episode ``i`` in ``envs[i]`` (``reset(seed=seeds[i])``): at
+    every step the observations of the episodes still running go through the attack and the agent as **one
+    batch** (one attack call, one policy call), which is what makes evaluation fast (PGD on a batch of 10 costs
+    little more than on one observation). Episodes that end drop out of the batch.
+
+    Same rules as :func:`run_episode`: the share gate draws from ``numpy.random.default_rng(seeds[i])`` once
+    per step of episode ``i``; every perturbed observation is checked against the budget. The attack's random
+    draws (random noise, PGD's random start) come from one ``torch.Generator().manual_seed(seeds[0])`` for
+    the batch, so the same seeds give the same episodes, but an episode's draws depend on the batch it is played
+    in (a batch of one is :func:`run_episode`). ``render_at``: as in :func:`run_episode`, for every episode."""
+    if not 0.0 <= attack_share <= 1.0:
+        raise ValueError(f"attack_share must be in [0, 1], got {attack_share}")
+    if attack is not None and (normalizer is None or threat is None):
+        raise ValueError("an attack needs the normalizer and the threat")
+    if len(envs) != len(seeds) or not seeds:
+        raise ValueError(f"run_episodes needs one environment per seed, got {len(envs)} and {len(seeds)}")
+    for env in envs:
+        check_agent_env(adapter, env)
+    low, high = obs_bounds(envs[0])
+    n = len(seeds)
+    gen = torch.Generator().manual_seed(int(seeds[0]))
+    rngs = [np.random.default_rng(int(s)) for s in seeds]
+    obs = [env.reset(seed=int(s))[0] for env, s in zip(envs, seeds)]
+    ret, length, attacked = [0.0] * n, [0] * n, [0] * n
+    inside, worst, failed = [True] * n, [0.0] * n, [False] * n
+    alive = list(range(n))
+    render_at, frames = set(int(t) for t in render_at), [{} for _ in range(n)]
+    with adapter.frozen():
+        while alive:
+            for i in alive:
+                if length[i] in render_at:
+                    frames[i][length[i]] = envs[i].render()
+            x = torch.as_tensor(np.stack([np.asarray(obs[i], dtype=np.float32).reshape(-1) for i in alive]))
+            seen = x
+            if attack is not None:
+                hit = [k for k, i in enumerate(alive) if rngs[i].random() < attack_share]
+                if hit:
+                    rows = torch.as_tensor(hit)
+                    adv = torch.as_tensor(attack(adapter, normalizer, threat, x[rows], generator=gen),
+                                          dtype=torch.float32).reshape(len(hit), -1).detach()
+                    ok, size = _inside_rows(threat, normalizer, adv, x[rows], low, high)
+                    seen = x.clone()
+                    seen[rows] = adv
+                    for j, k in enumerate(hit):
+                        i = alive[k]
+                        inside[i] = inside[i] and bool(ok[j])
+                        worst[i] = max(worst[i], float(size[j]))
+                        attacked[i] += 1
+            actions = to_actions(adapter, envs[alive[0]], seen, deterministic)
+            still = []
+            for k, i in enumerate(alive):
+                obs[i], r, term, trunc, info = envs[i].step(actions[k])
+                ret[i] += float(r)
+                length[i] += 1
+                if failure_key is not None and info.get(failure_key):
+                    failed[i] = True
+                if not (term or trunc or (max_steps is not None and length[i] >= max_steps)):
+                    still.append(i)
+                elif length[i] in render_at:
+                    frames[i][length[i]] = envs[i].render()
+            alive = still
+    return [EpisodeResult(ret[i], length[i], inside[i], attacked[i], worst[i], failed[i], frames[i])
+            for i in range(n)]
 
 
 __all__ = ["AGENT_ATTACKS", "AttackPasses", "EpisodeResult", "critic_pgd", "default_step_size", "mad_pgd", "LearnedAdversary", "RobustSarsa", "critic_attack", "mad_attack",
-           "make_attack", "needs_fit", "random_noise", "run_episode"]
+           "make_attack", "needs_fit", "random_noise", "run_episode", "run_episodes"]

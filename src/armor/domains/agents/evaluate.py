@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ...threat import ThreatModel
-from .attacks import AGENT_ATTACKS, make_attack, needs_fit, run_episode
+from .attacks import AGENT_ATTACKS, make_attack, needs_fit, run_episode, run_episodes
 from .envs import EnvLike, env_id_of, make_env
 from .policy import PolicyAdapter
 from .threat import ObsNormalizer, raw_eps
@@ -49,7 +49,8 @@ _CRASH = Task(failure_key="crashed", label="crash rate")
 TASKS: dict[str, Task] = {
     "CartPole-v0": Task(threshold=195.0, label="episodes < 195"),
     "CartPole-v1": Task(threshold=195.0, label="episodes < 195"),
-    **{k: _CRASH for k in ("highway-v0", "highway-fast-v0", "merge-v0", "roundabout-v0", "intersection-v0")},
+    **{k: _CRASH for k in ("highway-v0", "highway-fast-v0", "merge-v0", "roundabout-v0", "intersection-v0",
+                                  "armor/highway-drive-v0")},
 }
 
 DEFAULT_SUITE = ("random", "critic", "mad")
@@ -216,6 +217,10 @@ def evaluate_agent(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNorma
     cpu_seconds: dict[str, float] = {}
     fit: dict[str, dict] = {}
     clean_returns: list[float] = []
+    import gymnasium as gym
+
+    batch_envs = [] if isinstance(env_id, gym.Env) else [env] + [make_env(env_id, **env_kwargs)
+                                                                 for _ in range(episodes - 1)]
     try:
         runs: list[tuple[str, Any]] = ([("clean", None)] if clean else []) + suite
         for label, attack in runs:
@@ -224,8 +229,12 @@ def evaluate_agent(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNorma
                 attack.fit(adapter, env_id, normalizer, threat, seed=fit_seed, **env_kwargs)
             if attack is not None and getattr(attack, "info", None):
                 fit[label] = dict(attack.info)
-            results = [run_episode(env, adapter, attack, normalizer, threat, seed=s, attack_share=attack_share,
-                                   max_steps=max_steps, failure_key=failure_key) for s in seeds]
+            if batch_envs:  # all episodes in lock step, one attack and policy call per step for all
+                results = run_episodes(batch_envs, adapter, attack, normalizer, threat, seeds, attack_share,
+                                       max_steps, failure_key)
+            else:  # a ready environment instance cannot be copied: its episodes one after the other
+                results = [run_episode(env, adapter, attack, normalizer, threat, seed=s, attack_share=attack_share,
+                                       max_steps=max_steps, failure_key=failure_key) for s in seeds]
             seconds[label] = time.perf_counter() - t0
             cpu_seconds[label] = time.process_time() - c0
             rets = [r.ret for r in results]
@@ -242,6 +251,8 @@ def evaluate_agent(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNorma
                                  f"{threat.norm.value} perturbation {worst:.6g} in normalised units, eps "
                                  f"{threat.eps_scalar:g})")
     finally:
+        for e in batch_envs[1:]:
+            e.close()
         env.close()
     return AgentEvaluation(name, seeds, threat.to_dict(), raw_eps(normalizer, threat.eps_scalar), clean_returns,
                            returns, lengths, failed, in_budget, seconds, cpu_seconds, fit, threshold, failure_key,

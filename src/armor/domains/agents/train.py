@@ -81,6 +81,7 @@ DEFAULT_PPO: dict[str, dict[str, Any]] = {
                         "learning_rate": 5e-4, "ent_coef": 0.0, "clip_range": 0.2,
                         "policy_kwargs": {"net_arch": [64, 64]}},
 }
+DEFAULT_PPO["armor/highway-drive-v0"] = DEFAULT_PPO["highway-fast-v0"]
 _RESERVED = {"policy", "env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model"}
 
 
@@ -129,13 +130,20 @@ def estimate_normalizer(env_id: str, steps: int, seed: int) -> ObsNormalizer:
     """Mean / std of ``steps`` observations of a uniformly random policy (episodes restarted as they end)."""
     import gymnasium as gym
 
+    from .envs import ensure_registered
+
+    ensure_registered(env_id)
     env = gym.make(env_id)
     try:
-        env.action_space.seed(seed)
+        # The actions come from this one seeded space object: highway-env builds a new, unseeded action space at
+        # every reset, so sampling env.action_space after a reset drew different actions in every run (and the
+        # normaliser, hence the whole training, was not reproducible under a seed).
+        space = env.action_space
+        space.seed(seed)
         obs, _ = env.reset(seed=seed)
         xs = [np.asarray(obs, dtype=np.float64)]
         for _ in range(steps - 1):
-            obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            obs, _, terminated, truncated, _ = env.step(space.sample())
             if terminated or truncated:
                 obs, _ = env.reset()
             xs.append(np.asarray(obs, dtype=np.float64))
