@@ -97,7 +97,8 @@ each point {same['broken_by']}, every attack's figures {same['per_attack']}. Rob
 | **whole suite** | | | {t_one:.1f} | {two['seconds']:.1f} ({t_two_launch:.1f} with the launch) |
 
 Two processes on this shared 2-core machine speed up only as far as the other engineers' load leaves a core
-free; the ratio here is {t_one / two['seconds']:.2f}x.
+free; the ratio here is {t_one / two['seconds']:.2f}x (the two runs ran one after the other: under a changing
+load the ratio shows that the processes ran in parallel, not a speed-up to plan with).
 """
     print(table)
     if not all(same.values()):
