@@ -659,7 +659,8 @@ def run_episodes(envs: Sequence[Any], adapter: PolicyAdapter, attack: Optional[O
     per step of episode ``i``; every perturbed observation is checked against the budget. The attack's random
     draws (random noise, PGD's random start) come from one ``torch.Generator().manual_seed(seeds[0])`` for
     the batch, so the same seeds give the same episodes, but an episode's draws depend on the batch it is played
-    in (a batch of one is :func:`run_episode`). ``render_at``: as in :func:`run_episode`, for every episode."""
+    in (a batch of one is :func:`run_episode`). ``render_at``: as in :func:`run_episode`, for the first episode
+    (``envs[0]``) only: replaying a batch to film one of its episodes."""
     if not 0.0 <= attack_share <= 1.0:
         raise ValueError(f"attack_share must be in [0, 1], got {attack_share}")
     if attack is not None and (normalizer is None or threat is None):
@@ -679,9 +680,8 @@ def run_episodes(envs: Sequence[Any], adapter: PolicyAdapter, attack: Optional[O
     render_at, frames = set(int(t) for t in render_at), [{} for _ in range(n)]
     with adapter.frozen():
         while alive:
-            for i in alive:
-                if length[i] in render_at:
-                    frames[i][length[i]] = envs[i].render()
+            if alive[0] == 0 and length[0] in render_at:
+                frames[0][length[0]] = envs[0].render()
             x = torch.as_tensor(np.stack([np.asarray(obs[i], dtype=np.float32).reshape(-1) for i in alive]))
             seen = x
             if attack is not None:
@@ -708,7 +708,7 @@ def run_episodes(envs: Sequence[Any], adapter: PolicyAdapter, attack: Optional[O
                     failed[i] = True
                 if not (term or trunc or (max_steps is not None and length[i] >= max_steps)):
                     still.append(i)
-                elif length[i] in render_at:
+                elif i == 0 and length[i] in render_at:
                     frames[i][length[i]] = envs[i].render()
             alive = still
     return [EpisodeResult(ret[i], length[i], inside[i], attacked[i], worst[i], failed[i], frames[i])

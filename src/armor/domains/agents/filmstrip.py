@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ...threat import ThreatModel
-from .attacks import run_episode
+from .attacks import run_episode, run_episodes
 from .envs import EnvLike, make_env
 from .policy import PolicyAdapter
 from .threat import ObsNormalizer
@@ -53,8 +53,13 @@ def downscale(frame: np.ndarray, width: int = DEFAULT_WIDTH) -> np.ndarray:
 def record_filmstrip(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNormalizer, threat: ThreatModel,
                      attacks: dict[str, Any], seed: int, frames: int = DEFAULT_FRAMES,
                      width: int = DEFAULT_WIDTH, failure_key: Optional[str] = None,
-                     lengths: Optional[dict[str, int]] = None, **env_kwargs: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                     lengths: Optional[dict[str, int]] = None, batch: int = 1,
+                     **env_kwargs: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Frames of episode ``seed`` under each of ``attacks`` (``{label: attack or None}``; None: clean).
+
+    ``batch``: how many episodes (seeds ``seed, seed+1, ...``) the evaluation played in lock step. An attack's
+    random draws depend on the batch (:func:`~.attacks.run_episodes`), so an attacked episode is replayed in the
+    same batch (only episode ``seed`` is rendered) to film the very episode the evaluation scored.
 
     Returns ``(arrays, info)``: ``arrays["film_<label>"]`` is a ``(k, h, w, 3)`` uint8 stack per label and
     ``info`` has, per label, the state indices, the episode's return and length and whether it failed; if
@@ -76,8 +81,14 @@ def record_filmstrip(adapter: PolicyAdapter, env_id: EnvLike, normalizer: ObsNor
             if length is None:
                 length = run_episode(env, adapter, attack, normalizer, threat, seed=seed).length
             at = frame_indices(int(length), frames)
-            res = run_episode(env, adapter, attack, normalizer, threat, seed=seed, failure_key=failure_key,
-                              render_at=at)
+            others = [make_env(env_id, **env_kwargs) for _ in range(batch - 1)] if attack is not None else []
+            try:
+                res = run_episodes([env, *others], adapter, attack, normalizer, threat,
+                                   [seed + i for i in range(len(others) + 1)], failure_key=failure_key,
+                                   render_at=at)[0]
+            finally:
+                for e in others:
+                    e.close()
         except Exception as e:  # noqa: BLE001 - a renderer failing mid-episode must not sink the evaluation
             return {}, {"note": f"not rendered: rendering {env_id} failed ({type(e).__name__}: {e})"}
         finally:

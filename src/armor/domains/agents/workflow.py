@@ -126,7 +126,7 @@ def evaluate(run_dir: Path, options: dict[str, Any], *,
                                            {"clean": None, strongest: suite[strongest]}, seed=seed,
                                            failure_key=ev.failure_key,
                                            lengths={"clean": ev.lengths["clean"][0],
-                                                    strongest: ev.lengths[strongest][0]})
+                                                    strongest: ev.lengths[strongest][0]}, batch=episodes)
         entry["filmstrip"] = {"attack": strongest, **film}
     grid = options.get("eps_grid") or ([0.0, eps / 2, eps, 2 * eps] if eps > 0 else None)
     if grid and options.get("curve", True):
