@@ -7,19 +7,20 @@ after every batch to a state file and resume exactly where they stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .attacks import all_attacks, attack_mode, get_attack
-from .engine import as_xy, attack_batches, model_device, predict_logits
+from .engine import as_xy, attack_batches, batch_seed, model_device, predict_logits
 from .plugins import contributions
 from .threat import ThreatModel, check_inputs, warn_if_probabilities
 from .utils import atomic_write_bytes
@@ -191,7 +192,8 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
     total = x.shape[0]
     t_start = time.perf_counter()
 
-    logits = predict_logits(model, x, batch_size)
+    with _global_rng(device, batch_seed(seed, -1, 0)):
+        logits = predict_logits(model, x, batch_size)
     check_inputs(x, y, logits.shape[1])
     warn_if_probabilities(logits)
     if score is None:
@@ -236,16 +238,25 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
             n_points = int(st.todo.numel())
             on_start(name, n_points, (n_points + batch_size - 1) // batch_size, st.batch)
         t0 = time.perf_counter()
-        for b, n_batches, idx, xb in attack_batches(model, fn, x, y, threat, batch_size=batch_size, seed=seed,
-                                                    stream=a_idx, index=st.todo, start=st.batch, name=name):
+        batches = attack_batches(model, fn, x, y, threat, batch_size=batch_size, seed=seed, stream=a_idx,
+                                 index=st.todo, start=st.batch, name=name)
+        while True:
+            # A model that draws random numbers in its forward pass draws them from torch's global generator:
+            # seeded per (attack, batch) like the attacks' own, so a resumed run draws what an uninterrupted one
+            # did (and the caller's generator is left where it was).
+            with _global_rng(device, batch_seed(seed, a_idx, st.batch)):
+                try:
+                    b, n_batches, idx, xb = next(batches)
+                except StopIteration:
+                    break
+                now = _checked_score(score, model, xb, y[idx]) if score is not None else None
             if score is None:
-                with attack_mode(model), torch.no_grad():
+                with attack_mode(model), torch.no_grad(), _global_rng(device, batch_seed(seed, a_idx, b) + 1):
                     now = model(xb).argmax(1) == y[idx]
                 st.own_fooled += int((~now).sum())
                 lower = ~now & st.robust[idx]  # never overwrite an earlier success
                 record["broke"] += int(lower.sum())
             else:
-                now = _checked_score(score, model, xb, y[idx])
                 st.own_fooled += float((clean_score[idx] - now).clamp(min=0).sum())
                 lower = now < st.robust[idx]  # a point keeps its lowest score
                 record["broke"] += float((st.robust[idx] - now).clamp(min=0).sum())
@@ -287,6 +298,14 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
         broken_by=st.broken_by.cpu(),
         score=None if score is None else st.robust.cpu(),
     )
+
+
+@contextlib.contextmanager
+def _global_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """torch's global generator seeded with ``seed`` inside the block, and restored after it."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def _with_custom(suite: Union[str, Sequence[str]], threat: ThreatModel,
