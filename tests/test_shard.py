@@ -6,9 +6,9 @@ with torch.equal and ==. A resumed run (rank 1 killed right after an attack's me
 the two processes restart one attack apart) must give the same result too. Checked that it can fail: with
 each process drawing from its own stream (stream + rank) the flags happened to agree but the examples did not.
 
-Runtime: 50 s at load 7 on the 2 shared cores (my three test files together: 55 s), most of it starting processes that import torch: one torchrun of 2 processes runs
-`armor evaluate` under torchrun, the uninterrupted library runs and the killed one, and torchrun itself
-restarts both processes after the kill (--max-restarts 1), which resume.
+Runtime: 50 s at load 7 on the 2 shared cores, most of it starting processes that import torch: one torchrun
+of 2 processes runs `armor evaluate` under torchrun, the uninterrupted library runs and the killed one, and
+torchrun itself restarts both processes after the kill (--max-restarts 1), which resume.
 """
 
 from __future__ import annotations
