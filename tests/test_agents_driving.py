@@ -257,8 +257,8 @@ def test_failure_rules_of_known_tasks():
 
 
 def test_highway_training_reproduces_and_resumes_exactly(tmp_path, monkeypatch):
-    """Two runs of one seed on highway-env end with the same weights, and so does a run killed after its first
-    checkpoint and resumed. Both failed before: highway-env makes a new, unseeded action space at every reset, so
+    """A run on highway-env killed after its first checkpoint and resumed ends with the weights of an uninterrupted
+    run of the same seed (which estimates its normaliser again). Both failed before: highway-env makes a new, unseeded action space at every reset, so
     the random-policy rollout that estimates the normaliser drew other actions in every run (a killed and resumed
     run kept its saved normaliser, the rerun estimated another: it looked like an inexact resume)."""
     pytest.importorskip("highway_env")
@@ -277,7 +277,7 @@ def test_highway_training_reproduces_and_resumes_exactly(tmp_path, monkeypatch):
         real(self)
         raise Killed
 
-    kw = dict(eps=0.2, total_steps=192, seed=3, checkpoint_every=64, normalizer_steps=60,
+    kw = dict(eps=0.2, total_steps=128, seed=3, checkpoint_every=64, normalizer_steps=60,
               ppo={"n_steps": 16, "batch_size": 32, "n_epochs": 2}, kappa=1.0, steps=2)
     monkeypatch.setattr(agents_train._Run, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
@@ -285,8 +285,6 @@ def test_highway_training_reproduces_and_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(agents_train._Run, "save_checkpoint", real)
     resumed = train_agent(env_id, "sa-ppo", out_dir=tmp_path / "killed", resume=True, **kw)
     assert resumed.metadata["resume"] == {"resumes": 1, "exact": True}
-    full = train_agent(env_id, "sa-ppo", out_dir=tmp_path / "full", **kw)
-    again = train_agent(env_id, "sa-ppo", out_dir=tmp_path / "again", **kw)
-    weights = [m.model.policy.state_dict() for m in (resumed, full, again)]
-    for w in weights[1:]:
-        assert all(torch.equal(weights[0][k], w[k]) for k in w)
+    full = train_agent(env_id, "sa-ppo", out_dir=tmp_path / "full", **kw)  # estimates its own normaliser again
+    a, b = resumed.model.policy.state_dict(), full.model.policy.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

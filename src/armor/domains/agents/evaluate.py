@@ -1,12 +1,14 @@
 """Evaluating an agent under observation attacks: per-episode returns, the per-episode worst case, summaries.
 
-:func:`evaluate_agent` plays ``episodes`` seeded episodes (seeds ``seed, seed+1, ...``) clean and under each
-attack of the suite; every attack sees the same episode seeds, so the worst case of episode ``i`` is the minimum
-over the suite of the returns of episode ``i``. Summaries give the median and interquartile range (as SA-PPO
+:func:`evaluate_agent` plays ``episodes`` seeded episodes (seeds ``seed, seed+1, ...``) clean and under each attack
+of the suite; every attack sees the same episode seeds, so the worst case of episode ``i`` is the minimum over the
+suite of the returns of episode ``i``. The episodes of one attack run in lock step (:func:`~.attacks.run_episodes`:
+one attack call and one policy call per step for all of them), which made the CartPole demo's evaluation several
+times cheaper than playing them one after the other. Summaries give the median and interquartile range (as SA-PPO
 reports), the mean, and the share of *failed* episodes, as each environment's :class:`Task` defines a failure (a
 return below a threshold, as CartPole's 195, or a flag in the step info, as highway-env's ``crashed``: the crash
-rate). :func:`return_curve` repeats it over an eps grid (with the normalised area under
-each curve), and :func:`aggregate_seeds` combines per-training-seed summaries (median of medians, IQR).
+rate). :func:`return_curve` repeats it over an eps grid (with the normalised area under each curve), and
+:func:`aggregate_seeds` combines per-training-seed summaries (median of medians, IQR).
 Everything returned is JSON-ready (``to_dict``).
 """
 

@@ -25,7 +25,8 @@ counters. ``resume=True`` continues a killed run from there to the same total st
 * when the environments pickle (gymnasium's classic-control ones do), the resumed run continues the very
   episodes and random streams the killed one was in, and ends with the **same weights as an uninterrupted
   run**, bit for bit, on one thread (checked on CartPole for all four recipes; the tests kill vanilla, sa-ppo
-  and atla runs with SIGKILL and compare);
+  and atla runs with SIGKILL and compare; and for SA-PPO on highway-env, whose pickled environments continue
+  exactly too);
 * when they do not pickle, the episodes in progress are dropped (the envs reset with a seed derived from the
   step count) and the run is not bit-exact; metadata ``resume.exact`` says which happened.
 * Wall time (``train_seconds``) is summed over the pieces; work done after the last checkpoint is redone.
