@@ -185,3 +185,31 @@ def test_same_seed_same_returns_on_cartpole(cartpole):
                           max_steps=100) for _ in range(2))
     assert r1.to_dict() == r2.to_dict()
     assert 0.3 * r1.length < r1.attacked_steps < 0.7 * r1.length
+
+
+def test_lock_step_episodes_equal_one_by_one_for_a_deterministic_attack(cartpole):
+    """run_episodes plays a batch in lock step (one attack and policy call per step); with an attack that draws
+    nothing at random (critic PGD from the clean point) and the share gate drawn per episode, every episode must
+    be the one run_episode plays alone: returns, lengths, attacked steps, largest perturbation. evaluate_agent
+    uses the batch."""
+    from functools import partial
+
+    from armor.domains.agents.attacks import critic_attack, run_episodes
+    from armor.domains.agents.envs import make_env
+
+    adapter, normalizer = cartpole
+    threat = env_threat("CartPole-v1", normalizer, "linf", 0.3)
+    seeds = [0, 1, 2, 3]
+    attack = partial(critic_attack, steps=3)
+    for share, atk in ((1.0, None), (0.5, attack)):
+        batch = run_episodes([make_env("CartPole-v1") for _ in seeds], adapter, atk, normalizer, threat, seeds,
+                             attack_share=share, max_steps=120)
+        alone = [run_episode("CartPole-v1", adapter, atk, normalizer, threat, seed=s, attack_share=share,
+                             max_steps=120) for s in seeds]
+        for b, a in zip(batch, alone):  # a batched matmul may differ from a single row's in the last bits
+            assert (b.ret, b.length, b.attacked_steps, b.in_budget) == (a.ret, a.length, a.attacked_steps, a.in_budget)
+            assert b.max_perturbation == pytest.approx(a.max_perturbation, rel=1e-5, abs=1e-7)
+    assert any(r.attacked_steps > 0 for r in batch) and any(r.length < 120 for r in batch)  # episodes end apart
+    ev = evaluate_agent(adapter, "CartPole-v1", normalizer, threat, {"critic": attack}, episodes=4, seed=0,
+                        attack_share=0.5, max_steps=120)
+    assert ev.returns["critic"] == [r.ret for r in alone] and ev.lengths["critic"] == [r.length for r in alone]
