@@ -5,6 +5,7 @@ and the PGD-trained one (tests/conftest.py), so every claim is a non-zero differ
 independent measurements (measured: robust accuracy 0.47 vs 0.66, clean 0.96 vs 0.93, ECE 0.03 vs 0.22).
 """
 
+import html
 import html.parser
 import re
 import shutil
@@ -155,6 +156,35 @@ def test_report_escapes_names(results):
     res, arts = results
     page = render_report(res, arts)
     assert "<b>hardened</b>" not in page and "&lt;b&gt;hardened&lt;/b&gt;" in page
+
+
+class _Rounding(torch.nn.Module):
+    """Rounds the input to quarters: torch.round's zero gradient masks the model behind it."""
+
+    def forward(self, x):
+        return torch.round(x * 4) / 4
+
+
+def test_report_says_what_the_adaptive_escalation_did(digits_model, digits, results):
+    """A masked model's entry carries `adaptive` (armor.adaptive); the report's masking section says which
+    flags triggered it, how it attacked, the suite's number and the reported one, and what each adaptive attack
+    broke. A model without it gets no such paragraph."""
+    _, _, x, y = digits
+    model = torch.nn.Sequential(_Rounding(), digits_model).eval()
+    entry, _ = measure(model, (x[:60], y[:60]), armor.ThreatModel("linf", 0.1), suite=["fgsm", "apgd-ce"], n=60,
+                       eps_grid=[0.1], curve_suite="fast", calibration=False, shift=False, interpret=False,
+                       masking_n=60, attack_kwargs={"apgd-ce": {"steps": 10}})
+    ad = entry["adaptive"]
+    assert ad and entry["robust_accuracy"] < entry["suite_robust_accuracy"]
+    page = render_report(stamp({"dataset": "digits", "models": {"masked": entry}}))
+    text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page)))
+    assert "Adaptive escalation (flags: " + ", ".join(ad["triggered_by"]) in text
+    assert f"BPDA through {ad['layers'][0]['module']} (identity backward)" in text
+    assert f"Robust accuracy {entry['suite_robust_accuracy']:.1%} from the suite → {entry['robust_accuracy']:.1%}" \
+        in text
+    for name, rec in ad["per_attack"].items():
+        assert f"{name} {rec['broke']:g}" in text
+    assert "Adaptive escalation" not in render_report(*results)
 
 
 def test_report_needs_a_model():

@@ -143,6 +143,28 @@ def _interp_figures(entry: dict[str, Any], art: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def _escalation(entry: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """What the adaptive escalation (armor.adaptive, run when a masking flag called for it) did, in words."""
+    a = entry.get("adaptive")
+    if not a:
+        return None
+    layers = [f"{lay['module'] or 'the input'} ({lay['backward']} backward)" for lay in a.get("layers") or []]
+    how = []
+    for esc in a.get("escalations") or []:
+        if esc == "bpda" and layers:
+            how.append("BPDA through " + ", ".join(layers))
+        elif esc == "eot" and a.get("draws"):
+            how.append(f"EOT over {a['draws'].get('eot')} draws per gradient")
+        else:
+            how.append({"bpda": "BPDA", "eot": "EOT", "transfer": "transfer from a surrogate"}.get(esc, esc))
+    broke = [(name, rec.get("broke") or 0) for name, rec in (a.get("per_attack") or {}).items()]
+    draws = (a.get("draws") or {}).get("score")
+    return {"flags": ", ".join(a.get("triggered_by") or []) or "named modules", "how": "; ".join(how),
+            "before": a.get("suite_robust_accuracy"), "after": a.get("robust_accuracy"),
+            "broke": [f"{name} {b:g}" for name, b in broke],
+            "expected": f"expected accuracy over {draws} draws at each point's worst input" if draws else None}
+
+
 def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[str, Any]]] = None,
                   title: str = "armor robustness report") -> str:
     """Render the report HTML from a results dict (``{"models": {...}, "claims": {...}}`` or one model entry)."""
@@ -197,7 +219,8 @@ def render_report(results: dict[str, Any], artifacts: Optional[dict[str, dict[st
         attack_labels={n: {a: attack_label(a, m) for a in m.get("per_attack", {})} for n, m in models.items()},
         curve_suite=_curve_suite(models), methods=INTERVAL_METHODS, min_bin=plots.MIN_BIN,
         random_cosine={n: _expected_random_cosine(it["dim"]) for n, it in interp.items() if it.get("dim")},
-        certified={n: m for n, m in models.items() if m.get("certified_accuracy") is not None})
+        certified={n: m for n, m in models.items() if m.get("certified_accuracy") is not None},
+        escalations={n: e for n, m in models.items() if (e := _escalation(m)) is not None})
 
 
 def write_report(results: dict[str, Any], out: Path | str, artifacts: Optional[dict[str, dict[str, Any]]] = None,
