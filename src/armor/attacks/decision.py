@@ -68,10 +68,12 @@ def rays_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thre
         sign = torch.ones(n, dim, dtype=x.dtype, device=device)
         d_best = torch.full((n,), math.inf, dtype=x.dtype, device=device)
         unit_len = math.sqrt(dim)  # ||s||_2 of any sign vector
-        max_len = torch.full((n,), unit_len, dtype=x.dtype, device=device)  # the whole box (bounds [0, 1])
-        lo, hi = threat.bounds
-        span = float(torch.as_tensor(hi).max() - torch.as_tensor(lo).min())
-        max_len *= span
+        lo, hi = (torch.as_tensor(b, dtype=x.dtype, device=device) for b in threat.bounds)
+        span = float(hi.max() - lo.min())  # the whole box, from any corner
+        if not math.isfinite(span):
+            raise ValueError("rays needs finite bounds (its rays run to the corners of the box): set the threat's "
+                             "bounds")
+        max_len = torch.full((n,), unit_len * span, dtype=x.dtype, device=device)
 
         def point(idx: torch.Tensor, s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
             ray = (s / unit_len).view((idx.numel(),) + shape[1:])
@@ -81,17 +83,18 @@ def rays_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thre
             queries[idx] += 1
             return _labels(model, point(idx, s, d)) != y[idx]
 
-        def inside(x_b: torch.Tensor) -> torch.Tensor:  # exactly: the projection leaves the point where it is
-            return (threat.project(x_b, x) == x_b).flatten(1).all(1)
+        def inside(idx: torch.Tensor) -> torch.Tensor:  # exactly: the projection leaves the point where it is
+            if not stop_inside:
+                return torch.zeros(idx.numel(), dtype=torch.bool, device=device)
+            return (threat.project(x_best[idx], x[idx]) == x_best[idx]).flatten(1).all(1)
 
-        x_best = point(torch.arange(n, device=device), sign, d_best)
+        everyone = torch.arange(n, device=device)
+        x_best = point(everyone, sign, d_best)
         distance = torch.full((n,), math.inf, dtype=x.dtype, device=device)
+        stopped = inside(everyone)  # updated when a point's best moves: the only time it can change
         level, block = 0, 0
         for _ in range(n_queries):
-            active = queries < n_queries
-            if stop_inside:
-                active &= ~inside(x_best)
-            idx = active.nonzero().squeeze(1)
+            idx = ((queries < n_queries) & ~stopped).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             size = math.ceil(dim / 2 ** level)
@@ -117,6 +120,7 @@ def rays_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thre
                 sign[won] = s_won
                 x_best[won] = point(won, s_won, d_won)
                 distance[won] = (x_best[won] - x[won]).flatten(1).abs().amax(1)
+                stopped[won] = inside(won)
             block += 1
             if block == 2 ** level or end == dim:
                 level, block = level + 1, 0
