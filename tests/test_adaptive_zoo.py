@@ -43,8 +43,8 @@ def dct_matrix(n: int = 8) -> torch.Tensor:
 
 
 class DCTQuantise(nn.Module):
-    """JPEG-style: 2-D DCT of each 8x8 block, coefficients rounded to multiples of ``step``, inverse DCT,
-    clipped to [0, 1]. torch.round has a zero gradient."""
+    """JPEG-style: 2-D DCT of each 8x8 block (edges padded by replication), coefficients rounded to multiples of
+    ``step``, inverse DCT, clipped to [0, 1]. torch.round has a zero gradient."""
 
     def __init__(self, step: float = 0.5):
         super().__init__()
@@ -52,8 +52,13 @@ class DCTQuantise(nn.Module):
         self.register_buffer("d", dct_matrix(8))
 
     def forward(self, x):
-        c = self.d @ x @ self.d.T
-        return (self.d.T @ (torch.round(c / self.step) * self.step) @ self.d).clamp(0, 1)
+        n, c, h, w = x.shape
+        xp = F.pad(x, (0, (-w) % 8, 0, (-h) % 8), mode="replicate")
+        hh, ww = xp.shape[2:]
+        blocks = xp.view(n, c, hh // 8, 8, ww // 8, 8).transpose(3, 4)
+        q = torch.round(self.d @ blocks @ self.d.T / self.step) * self.step
+        out = (self.d.T @ q @ self.d).transpose(3, 4).reshape(n, c, hh, ww)
+        return out[:, :, :h, :w].clamp(0, 1)
 
 
 class RandomShiftNoise(nn.Module):
