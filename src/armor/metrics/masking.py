@@ -437,7 +437,8 @@ def _zero_gradients(ctx: _Context) -> Outcome:
         f"{_pct(share)} of the inputs have a loss gradient of (near) zero norm (<= {s.zero_grad_tol:g}). "
         "Gradient attacks cannot move from such points, so their robust accuracy is an artefact: typical "
         "causes are input quantisation or rounding, saturated softmax outputs (very large logits) and "
-        "non-differentiable preprocessing. Use BPDA, a margin loss on rescaled logits, or Square."))
+        "non-differentiable preprocessing. Use BPDA, a margin loss on rescaled logits, or Square (armor's "
+        "measurement escalates by itself: BPDA through the layers it finds, and transfer, see armor.adaptive)."))
 
 
 @_register("randomized_outputs", run_order=0, explanation="""
@@ -454,7 +455,9 @@ def _randomized_outputs(ctx: _Context) -> Outcome:
         f"Two forward passes in eval mode on the same inputs differ by up to {diff:.3g} in the logits "
         f"and change {_pct(flipped)} of the predictions. A randomized model's gradients describe one "
         "random draw, which hides the way to adversarial examples; evaluate with Expectation over "
-        "Transformation (average gradients over draws) before trusting its robust accuracy."))
+        "Transformation (average gradients over draws) before trusting its robust accuracy (armor's measurement "
+        "escalates by itself: EOT attacks, and the expected accuracy over draws as the number, see "
+        "armor.adaptive)."))
 
 
 @_register("probability_outputs", run_order=0, explanation="""
