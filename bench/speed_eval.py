@@ -50,12 +50,17 @@ def _setup(model_key: str, n: int):
     return model, x[:n].contiguous(), y[:n].contiguous()
 
 
-def worker_armor(model, x, y) -> dict:
+# The proposal measured beside the shipped suite: Square gives up on points it cannot break (square's give_up).
+PROPOSED = {"square": {"give_up": 4.0}}
+
+
+def worker_armor(model, x, y, proposed: bool = False) -> dict:
     import armor
     from armor.evaluate import evaluate
 
     c0, t0 = time.process_time(), time.perf_counter()
-    r = evaluate(model, (x, y), armor.ThreatModel("linf", EPS), suite="standard", seed=0, batch_size=500)
+    r = evaluate(model, (x, y), armor.ThreatModel("linf", EPS), suite="standard", seed=0, batch_size=500,
+                 attack_kwargs=PROPOSED if proposed else None)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"wall": wall, "cpu": cpu, "robust": r.robust.int().tolist(), "robust_accuracy": r.robust_accuracy,
             "clean_accuracy": r.clean_accuracy,
@@ -100,8 +105,9 @@ def run_worker(side: str, model_key: str, n: int, armor_src: str | None) -> dict
     if side == "armor-before":
         env["PYTHONPATH"] = armor_src + os.pathsep + env.get("PYTHONPATH", "")
     before = uptime()
-    out = subprocess.run([sys.executable, __file__, "--worker", "autoattack" if side == "autoattack" else "armor",
-                          "--model", model_key, "--n", str(n)], capture_output=True, text=True, env=env)
+    worker = {"autoattack": "autoattack", "armor-proposed": "armor-proposed"}.get(side, "armor")
+    out = subprocess.run([sys.executable, __file__, "--worker", worker, "--model", model_key, "--n", str(n)],
+                         capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{side} worker failed:\n{out.stderr[-3000:]}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -116,8 +122,8 @@ def load1(u: str) -> str:
 def tables(runs: list[dict], n: int) -> str:
     lines = ["| model | side | runs: wall s | runs: CPU s | load (1 min) before..after | robust acc | per attack (wall s / points) |",
              "|---|---|---|---|---|---|---|"]
-    summary = ["| model | armor / original, wall (mean of 2) | armor / original, CPU | robust armor | robust original | "
-               "only armor broke | only original broke |", "|---|---|---|---|---|---|---|"]
+    summary = ["| model | armor side | armor / original, wall (mean; runs) | armor / original, CPU (mean) | robust armor | "
+               "robust original | only armor broke | only original broke |", "|---|---|---|---|---|---|---|---|"]
     for key in MODELS:
         rs = [r for r in runs if r["model"] == key]
         if not rs:
@@ -132,15 +138,17 @@ def tables(runs: list[dict], n: int) -> str:
             cpus = ", ".join(f"{r['cpu']:.1f}" for r in group)
             lines.append(f"| {MODELS[key][0]} | {side} | {walls} | {cpus} | {loads} | "
                          f"{group[0]['robust_accuracy']:.4f} | {parts} |")
-        if "armor" in by and "autoattack" in by:
-            a, b = by["armor"], by["autoattack"]
+        for side in ("armor", "armor-proposed", "armor-before"):
+            if side not in by or "autoattack" not in by:
+                continue
+            a, b = by[side], by["autoattack"]
             wall = sum(r["wall"] for r in a) / len(a) / (sum(r["wall"] for r in b) / len(b))
             cpu = sum(r["cpu"] for r in a) / len(a) / (sum(r["cpu"] for r in b) / len(b))
             ra, rb = a[0]["robust"], b[0]["robust"]
             only_a = sum(1 for u, v in zip(ra, rb) if not u and v)
             only_b = sum(1 for u, v in zip(ra, rb) if u and not v)
-            summary.append(f"| {MODELS[key][0]} | {wall:.2f} | {cpu:.2f} | {a[0]['robust_accuracy']:.4f} | "
-                           f"{b[0]['robust_accuracy']:.4f} | {only_a} | {only_b} |")
+            summary.append(f"| {MODELS[key][0]} | {side} | {wall:.2f} ({len(a)} / {len(b)} runs) | {cpu:.2f} | "
+                           f"{a[0]['robust_accuracy']:.4f} | {b[0]['robust_accuracy']:.4f} | {only_a} | {only_b} |")
     return "\n".join(summary + [""] + lines)
 
 
@@ -151,30 +159,42 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, choices=(1, 2), default=2, help="2: A B B A; 1: A B")
     p.add_argument("--armor-src", default=None, help="src dir of an older armor, run once per model as armor-before")
     p.add_argument("--out", default=str(BENCH / ".cache" / "speed_eval.jsonl"))
-    p.add_argument("--worker", choices=("armor", "autoattack"), help=argparse.SUPPRESS)
+    p.add_argument("--order", default=None,
+                   help="explicit runs, e.g. pgd:armor-proposed,pgd:autoattack,... (sides: armor, armor-proposed, "
+                        "autoattack, armor-before); overrides --models/--rounds")
+    p.add_argument("--table", action="store_true", help="only print the tables of the runs in --out")
+    p.add_argument("--worker", choices=("armor", "armor-proposed", "autoattack"), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         model, x, y = _setup(args.model, args.n)
-        res = (worker_armor if args.worker == "armor" else worker_autoattack)(model, x, y)
+        res = (worker_autoattack(model, x, y) if args.worker == "autoattack"
+               else worker_armor(model, x, y, proposed=args.worker == "armor-proposed"))
         print(json.dumps(res))
         return 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        print(tables([json.loads(line) for line in out.read_text().splitlines() if line.strip()], args.n))
+        return 0
     runs = []
-    for key in args.models.split(","):
-        _setup(key, args.n)  # train or load the cached model outside the timed runs
-        order = ["armor", "autoattack"] + (["autoattack", "armor"] if args.rounds == 2 else [])
-        if args.armor_src:
-            order.append("armor-before")
-        for side in order:
-            r = run_worker(side, key, args.n, args.armor_src)
-            runs.append(r)
-            with out.open("a") as f:
-                f.write(json.dumps(r) + "\n")
-            print(f"{key} {side}: wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s, robust {r['robust_accuracy']:.4f}, "
-                  f"load {load1(r['uptime_before'])}..{load1(r['uptime_after'])}, "
-                  + ", ".join(f"{k} {v[0]:.1f}" for k, v in r["parts"].items()), flush=True)
+    if args.order:
+        plan = [tuple(item.split(":")) for item in args.order.split(",")]
+    else:
+        plan = []
+        for key in args.models.split(","):
+            sides = ["armor", "autoattack"] + (["autoattack", "armor"] if args.rounds == 2 else [])
+            plan += [(key, side) for side in sides + (["armor-before"] if args.armor_src else [])]
+    for key in dict.fromkeys(k for k, _ in plan):
+        _setup(key, args.n)  # train or load the cached models outside the timed runs
+    for key, side in plan:
+        r = run_worker(side, key, args.n, args.armor_src)
+        runs.append(r)
+        with out.open("a") as f:
+            f.write(json.dumps(r) + "\n")
+        print(f"{key} {side}: wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s, robust {r['robust_accuracy']:.4f}, "
+              f"load {load1(r['uptime_before'])}..{load1(r['uptime_after'])}, "
+              + ", ".join(f"{k} {v[0]:.1f}" for k, v in r["parts"].items()), flush=True)
     print()
     print(tables(runs, args.n))
     return 0

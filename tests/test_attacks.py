@@ -227,3 +227,71 @@ def test_a_model_that_cuts_the_graph_is_attacked_and_flagged_not_crashed():
         assert threat.contains(x_adv, x).all()
     checks = masking_checks(model, x, y, threat, checks=["zero_gradients"])
     assert [f["name"] for f in checks["flags"]] == ["zero_gradients"]
+
+
+class _Flat(nn.Module):
+    """Logits that ignore the input (class 0 on top): no query can lower the margin. Counts the rows queried."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        return torch.tensor([2.0, 1.0, 0.0]).expand(x.shape[0], 3) + 0 * x.flatten(1)[:, :1]
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_square_give_up_stops_points_without_progress_at_the_first_checkpoint(norm):
+    # No progress since the reference point (2.5% of the budget): the extrapolated gain is 0, so every point
+    # stops at the first checkpoint (5% = 10 of 200 queries): 1 initial + 10 queries per point instead of 200
+    # (1 + 199), after the one clean forward that every run makes.
+    x = torch.rand(7, 1, 8, 8, generator=_gen())
+    y = torch.zeros(7, dtype=torch.long)
+    threat = armor.ThreatModel(norm, EPS[norm])
+    full, stopped = _Flat(), _Flat()
+    a = square(full, x, y, threat, n_queries=200, generator=_gen())
+    b = square(stopped, x, y, threat, n_queries=200, give_up=1e6, generator=_gen())
+    assert full.rows == 7 + 7 * 200 and stopped.rows == 7 + 7 * 11
+    for adv in (a, b):
+        assert (threat.norm_of(adv - x) <= EPS[norm] + 1e-6).all() and ((adv >= 0) & (adv <= 1)).all()
+
+
+def test_square_give_up_spends_less_and_keeps_early_successes(model, digits):
+    # Before the first checkpoint nothing stops, so both runs draw the same squares for the same points: a
+    # point fooled by then is fooled by both (each run returns its first fooling point, so those are equal too).
+    _, _, x, y = digits
+    x, y = x[:100], y[:100]
+    threat = armor.ThreatModel("linf", 0.1)
+
+    class Counting(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m, self.rows = m, 0
+
+        def forward(self, x):
+            self.rows += x.shape[0]
+            return self.m(x)
+
+    full, early, gave_up = Counting(model), Counting(model), Counting(model)
+    a = square(full, x, y, threat, n_queries=400, generator=_gen())
+    e = square(early, x, y, threat, n_queries=400, generator=_gen())  # same run, to check determinism
+    b = square(gave_up, x, y, threat, n_queries=400, give_up=4.0, generator=_gen())
+    assert torch.equal(a, e)
+    with torch.no_grad():
+        fooled_full, fooled_b = model(a).argmax(1) != y, model(b).argmax(1) != y
+    assert gave_up.rows < full.rows
+    assert (threat.norm_of(b - x) <= 0.1 + 1e-6).all()
+    # A vanishing factor stops every point still correct at the first checkpoint: the full run cut at query 20,
+    # with the same draws up to there. What it fooled, both longer runs fooled.
+    first = square(model, x, y, threat, n_queries=400, give_up=1e-9, generator=_gen())
+    with torch.no_grad():
+        fooled_first = model(first).argmax(1) != y
+    assert fooled_first.any() and not (fooled_first & ~fooled_b).any() and not (fooled_first & ~fooled_full).any()
+    assert int(fooled_b.sum()) > int(fooled_first.sum())
+
+
+def test_square_give_up_must_be_positive(model, digits):
+    _, _, x, y = digits
+    with pytest.raises(ValueError, match="give_up"):
+        square(model, x[:4], y[:4], armor.ThreatModel("linf", 0.1), n_queries=10, give_up=0)
