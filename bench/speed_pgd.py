@@ -26,28 +26,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attacks import ALPHA, EPS, STEPS, bare_pgd  # noqa: E402  (bench/attacks.py: the same loop as there)
 from common import load_fashion_mnist, train  # noqa: E402
 
 import armor  # noqa: E402
-
-EPS, ALPHA, STEPS = 0.1, 0.01, 10
-
-
-def bare_pgd(model, x, y, eps=EPS, alpha=ALPHA, steps=STEPS):
-    """The textbook loop: parameters still require grad, loss.backward(), sign step, clamp."""
-    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1).detach()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), y)
-        model.zero_grad()
-        loss.backward()
-        with torch.no_grad():
-            x_adv = x_adv + alpha * x_adv.grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
 
 
 def uptime() -> str:
