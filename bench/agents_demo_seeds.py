@@ -102,7 +102,9 @@ def main() -> None:
         cost = {"env_steps": [m["env_steps"] for m in ms],
                 "train_wall": [timing[s]["phases"][r]["train_wall"] for s in seeds],
                 "train_cpu": [timing[s]["phases"][r]["train_cpu"] for s in seeds],
-                "eval_cpu": [timing[s]["phases"][r]["evaluate_cpu"] for s in seeds]}
+                # seeds whose timing recorded the evaluation phase (a first version of this script did not)
+                "eval_cpu": [timing[s]["phases"][r]["evaluate_cpu"] for s in seeds
+                             if "evaluate_cpu" in timing[s]["phases"][r]]}
         summary["recipes"][r] = {"aggregate": agg, "failure": fail, "cost": cost,
                                  "per_seed": {s: {"clean": m["clean_return"], "worst": m["robust_return"],
                                                   **{a: st["median"] for a, st in m["per_attack"].items()}}
@@ -129,7 +131,8 @@ def main() -> None:
         c = summary["recipes"][r]["cost"]
         ratio = np.median(c["train_cpu"]) / np.median(base["train_cpu"])
         print(f"| {r} | {int(np.median(c['env_steps']))} | {np.median(c['train_wall']):.0f} | "
-              f"{np.median(c['train_cpu']):.0f} | {ratio:.1f}x | {np.median(c['eval_cpu']):.0f} |")
+              f"{np.median(c['train_cpu']):.0f} | {ratio:.1f}x | "
+              f"{np.median(c['eval_cpu']) if c['eval_cpu'] else float('nan'):.0f} |")
     print("\ndemo per seed: " + ", ".join(f"s{s} {timing[s]['wall']:.0f} s wall / {timing[s]['cpu']:.0f} s CPU"
                                           for s in seeds))
     summary["timing"] = timing

@@ -114,7 +114,7 @@ DOMAIN = Domain(
     report=(ReportSection("agents", "Agents", _SECTION, _section_context),),
     demos={"agents": lazy("armor.domains.agents.demo:run_demo", "agents", description=(
                "CartPole-v1: vanilla PPO vs SA-PPO vs attacked-observation training, returns under random, "
-               "critic, MAD and Robust Sarsa attacks (about 12 CPU-minutes)")),
+               "critic, MAD and Robust Sarsa attacks (about 4 CPU-minutes)")),
            "driving": lazy("armor.domains.agents.demo:run_demo", "driving", description=(
                "highway-fast-v0 (pip install 'armor[driving]'): vanilla PPO vs SA-PPO, crash rate clean and "
                "under attack (about 7 minutes)"))},
