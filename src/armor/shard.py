@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from .attacks import attack_mode, get_attack
-from .engine import as_xy, attack_batches, model_device, predict_logits
-from .evaluate import EvalResult, EvalState, _StateFile, _fingerprint, evaluate, resolve_suite
+from .engine import as_xy, attack_batches, batch_seed, model_device, predict_logits
+from .evaluate import EvalResult, EvalState, _StateFile, _fingerprint, _global_rng, evaluate, resolve_suite
 from .threat import check_inputs, warn_if_probabilities
 
 
@@ -140,7 +140,8 @@ def evaluate_sharded(model: nn.Module, data: Any, threat, suite: Union[str, Sequ
     comm = _Comm(model_device(model, x.device))
     device = comm.device
     x, y = x.to(device), y.to(device)
-    logits = predict_logits(model, x, batch_size)
+    with _global_rng(device, batch_seed(seed, -1, 0)):  # torch's own generator seeded as evaluate seeds it
+        logits = predict_logits(model, x, batch_size)
     check_inputs(x, y, logits.shape[1])
     warn_if_probabilities(logits)
     clean_correct = logits.argmax(1) == y
@@ -192,9 +193,12 @@ def evaluate_sharded(model: nn.Module, data: Any, threat, suite: Union[str, Sequ
             start(name, int(todo.numel()), n_batches, 0)
         for b in mine[st.batch:]:  # st.batch counts this process's batches done
             t0 = time.perf_counter()
-            _, _, idx, xb = next(attack_batches(model, fn, x, y, threat, batch_size=batch_size, seed=seed,
-                                                stream=a_idx, index=todo, start=b, name=name))
-            with attack_mode(model), torch.no_grad():
+            # a model that draws random numbers draws them from torch's global generator, which evaluate seeds
+            # per (attack, batch): the same seeds here, for the attack and for the check after it
+            with _global_rng(device, batch_seed(seed, a_idx, b)):
+                _, _, idx, xb = next(attack_batches(model, fn, x, y, threat, batch_size=batch_size, seed=seed,
+                                                    stream=a_idx, index=todo, start=b, name=name))
+            with attack_mode(model), torch.no_grad(), _global_rng(device, batch_seed(seed, a_idx, b) + 1):
                 fooled = model(xb).argmax(1) != y[idx]
             st.own_fooled += int(fooled.sum())
             newly = fooled & st.robust[idx]  # never overwrite an earlier success
