@@ -6,7 +6,7 @@ with torch.equal and ==. A resumed run (rank 1 killed right after an attack's me
 the two processes restart one attack apart) must give the same result too. Checked that it can fail: with
 each process drawing from its own stream (stream + rank) the flags happened to agree but the examples did not.
 
-Runtime: 50 s at load 7 on the 2 shared cores, most of it starting processes that import torch: one torchrun
+Runtime: 50-55 s at load 5-7 on the 2 shared cores, most of it starting processes that import torch: one torchrun
 of 2 processes runs `armor evaluate` under torchrun, the uninterrupted library runs and the killed one; a
 second one resumes. (Letting torchrun restart the processes itself, --max-restarts 1, saved one launch but
 failed once in two runs here: the restarted group's gloo mesh timed out connecting.)
@@ -58,16 +58,10 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[2])
 from conftest import DigitsNet
+from test_shard import Noisy
 from armor import ThreatModel
 import armor.shard as shard
 
-class Noisy(torch.nn.Module):  # a randomized model: its forward draws from torch's global generator
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-    def forward(self, x):
-        out = self.net(x)
-        return out + 2.0 * torch.randn_like(out)
 
 blob = torch.load(sys.argv[1] + "/inputs.pt")
 model = DigitsNet()
