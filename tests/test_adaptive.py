@@ -176,7 +176,7 @@ def test_a_resumed_eot_escalation_is_identical(digits_model, digits, tmp_path):
         escalate(model, x, y, THREAT, ["randomized_outputs"], state_path=tmp_path, progress=stop, **kw)
     again = escalate(model, x, y, THREAT, ["randomized_outputs"], state_path=tmp_path, **kw)
     assert torch.equal(again.result.score, full.result.score)
-    assert again.robust_accuracy == full.robust_accuracy and again.robust_accuracy < full.clean_accuracy
+    assert again.robust_accuracy == full.robust_accuracy and again.result.robust_accuracy < full.clean_accuracy
     assert 0 < full.robust_accuracy < 1 and full.result.score.unique().numel() > 2  # expectations, not 0/1
 
 

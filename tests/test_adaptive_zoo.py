@@ -6,7 +6,7 @@ Every model is built on the tests' digits data (8x8 grey levels k/16) at linf 0.
 - ``dct``: a JPEG-style quantiser (8x8 DCT, coefficients rounded to a step, inverse DCT) before the digits MLP.
   Best known: APGD-CE and APGD-T with BPDA through exactly the quantiser (identity backward).
 - ``random``: a random shift by up to a pixel and Gaussian noise on the input in every forward pass. Best known:
-  EOT-PGD with many draws, the expected accuracy at its points measured with fresh draws.
+  EOT-PGD with many draws; each point's worst input is chosen with 256 draws and measured with 256 fresh ones.
 - ``boosted``: tests/test_fab.py's boosted-logit MLP; decisions are the base MLP's, so the best known attack is
   the standard suite on the base MLP.
 - ``thermometer``: a thermometer encoding (16 levels, hard thresholds: no gradient at all) before an MLP trained
@@ -193,11 +193,13 @@ def best_known(name, entry, x, y, threat, *, budget="full"):
                         attack_kwargs={k: v for k, v in (kw or {}).items() if k in suite} or None).robust_accuracy
     model = entry["model"]
     steps, draws, restarts = (50, 16, 1) if small else (200, 64, 3)
-    per_point = expected_accuracy(model, x, y)
-    for r in range(restarts):
+    chosen, per_point = x.clone(), expected_accuracy(model, x, y)
+    for r in range(restarts):  # each point's worst input over the restarts (and the clean one) ...
         xa = eot_pgd(model, x, y, threat, steps=steps, draws=draws, seed=r)
-        per_point = torch.minimum(per_point, expected_accuracy(model, xa, y))
-    return float(per_point.mean())
+        now = expected_accuracy(model, xa, y)
+        chosen[now < per_point], per_point = xa[now < per_point], torch.minimum(per_point, now)
+    # ... measured there with fresh draws: the minimum of estimates over the same draws would be biased low
+    return float(expected_accuracy(model, chosen, y, seed=54321).mean())
 
 
 # --- the tests: armor's escalation against the best known attack ------------------------------------------
@@ -220,15 +222,16 @@ def armor_escalated(entry, x, y, attacks=("apgd-ce", "apgd-t")):
     suite = evaluate(model, (x, y), THREAT, suite=["fgsm", "fgsm-t", "apgd-ce"], keep_adv=True,
                      attack_kwargs={"apgd-ce": {"steps": 30}})
     flags = masking_checks(model, x, y, THREAT, checks=["zero_gradients", "randomized_outputs"], n=N)["flags"]
-    found = escalate(model, x, y, THREAT, flags, base=suite, attack_kwargs=ESCALATION, draws=16, score_draws=32,
+    found = escalate(model, x, y, THREAT, flags, base=suite, attack_kwargs=ESCALATION, draws=16, score_draws=128,
                      transfer=False, attacks=attacks)
     return suite, flags, found
 
 
 # Measured at these budgets (120 points, seed 0; every draw is seeded, so nothing varies between runs), best
 # known / short suite / escalated: dct 0.3583 / 0.9000 / 0.3500 (BPDA-APGD-CE broke 53 points, BPDA-APGD-T 13);
-# thermometer 0.0750 / 0.9583 / 0.0833 (101 and 4); random, expected accuracy, 0.3615 / 0.2167 (one draw) /
-# 0.3651. The boosted and detector models are caught by the standard suite itself (bench/adaptive.py).
+# thermometer 0.0750 / 0.9583 / 0.0833 (101 and 4); random, expected accuracy, 0.3620 / 0.2167 (one draw) /
+# 0.3732 (both re-measured with fresh draws at the chosen inputs; with 32 draws armor's selection's own estimate,
+# 0.3651, was 2.4 pt below its fresh one). The boosted and detector models are caught by the standard suite itself (bench/adaptive.py).
 @pytest.mark.parametrize("name,broke", [("dct", "bpda-apgd-ce"), ("thermometer", "bpda-apgd-ce"),
                                         ("random", "eot-apgd-ce")])
 def test_escalation_reaches_the_best_known_attack(zoo, digits, name, broke):

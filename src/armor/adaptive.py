@@ -7,7 +7,7 @@ to attack anyway, as Athalye et al. 2018 did ("Obfuscated gradients give a false
   :class:`Expectation`, whose output is the log of the model's softmax averaged over ``draws`` random draws, so
   every gradient attack follows the expected loss without being changed; the reported number is
   :class:`ExpectedCorrect`, each point's correctness averaged over draws at its adversarial input (not the
-  minimum over a few single draws).
+  minimum over a few single draws), re-measured with draws that took no part in choosing the input.
 - **BPDA** (backward pass differentiable approximation) through the non-differentiable layers that
   :func:`find_nondifferentiable` finds (or the user names): the forward pass stays exact, the backward pass goes
   through the identity, or through a small smooth network fitted to the layer (:func:`fit_smooth`) when the layer
@@ -431,7 +431,10 @@ class Escalation:
 
     triggered_by: list[str]
     suite_robust_accuracy: float  # the suite's number before (single draws, for a randomized model)
-    robust_accuracy: float  # the worst case over the suite and the escalation (expected, for a randomized model)
+    # the worst case over the suite and the escalation; for a randomized model the expected accuracy at each
+    # point's worst input, re-measured with draws that took no part in choosing it (``result`` keeps the
+    # selection's own estimate, ``per_attack`` its cumulative figures)
+    robust_accuracy: float
     clean_accuracy: float  # expected over draws, for a randomized model
     escalations: list[str]  # "eot", "bpda", "transfer"
     layers: list[dict[str, Any]]
@@ -463,7 +466,7 @@ def triggers(flags: Sequence[Union[str, dict[str, Any]]]) -> list[str]:
 
 def escalate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              flags: Sequence[Union[str, dict[str, Any]]], *, base: Optional[EvalResult] = None,
-             modules: Sequence[str] = (), attacks: Sequence[str] = ATTACKS, draws: int = 16, score_draws: int = 64,
+             modules: Sequence[str] = (), attacks: Sequence[str] = ATTACKS, draws: int = 16, score_draws: int = 128,
              surrogate_epochs: int = 30, transfer: bool = True, seed: int = 0, batch_size: int = 500,
              state_path: Any = None, attack_kwargs: Optional[dict[str, dict[str, Any]]] = None,
              progress: Optional[Callable[[str, int, int], None]] = None) -> Optional[Escalation]:
@@ -477,7 +480,8 @@ def escalate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
         modules: names of non-differentiable submodules for BPDA, in addition to those
             :func:`find_nondifferentiable` finds.
         attacks: the registered attacks each escalation runs. draws: random draws per EOT forward pass;
-            score_draws: draws per point for the expected accuracy. surrogate_epochs: training of the transfer
+            score_draws: draws per point for the expected accuracy, once to choose each point's worst input and
+            once more, fresh, to measure it there (the reported number). surrogate_epochs: training of the transfer
             surrogate; transfer: whether to run it.
         seed, batch_size, state_path, progress: as for :func:`armor.evaluate.evaluate` (a resumed escalation is
             identical). attack_kwargs: overrides per attack name, e.g. ``{"apgd-t": {"steps": 50}}``.
@@ -536,12 +540,33 @@ def escalate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
     result = evaluate(model, (x, y), threat, suite=list(plan), attacks=plan, score=score, start=start, key=key,
                       seed=seed, batch_size=batch_size, state_path=state_path, progress=progress, keep_adv=True)
     escalations = (["eot"] if randomized else []) + (["bpda"] if layers else []) + (["transfer"] if surrogate else [])
+    robust = result.robust_accuracy
+    if randomized:  # each point's worst input was picked with the score's draws: re-measure it with fresh ones
+        robust = float(_fresh_expectation(model, x, y, result, base, start, score_draws, seed, batch_size).mean())
     return Escalation(
-        triggered_by=fired, suite_robust_accuracy=suite_acc, robust_accuracy=result.robust_accuracy,
+        triggered_by=fired, suite_robust_accuracy=suite_acc, robust_accuracy=robust,
         clean_accuracy=result.clean_accuracy, escalations=escalations, layers=[lay.to_dict() for lay in layers],
         draws={"eot": draws, "score": score_draws} if randomized else None, per_attack=result.per_attack,
         broken_points={k: v for k, v in result.broken_points().items() if v}, seconds=round(time.perf_counter() - t0, 3),
         result=result)
+
+
+def _fresh_expectation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: EvalResult,
+                       base: Optional[EvalResult], start: Optional[torch.Tensor], draws: int, seed: int,
+                       batch_size: int) -> torch.Tensor:
+    """Per point, the expected accuracy at its chosen worst input (the escalation's, else the suite's where that
+    was lower than the clean input, else the clean input), over ``draws`` draws that chose nothing: the minimum
+    over attacks of estimates made with the same draws would be biased low."""
+    device = x.device
+    chosen = result.x_adv.to(device).clone()
+    if start is not None and base is not None and base.x_adv is not None:
+        clean = torch.cat([ExpectedCorrect(draws, seed)(model, x[i:i + batch_size], y[i:i + batch_size])
+                           for i in range(0, x.shape[0], batch_size)])
+        from_suite = (result.broken_by.to(device) < 0) & (start.to(clean.dtype) < clean)
+        chosen[from_suite] = base.x_adv.to(device)[from_suite]
+    fresh = ExpectedCorrect(draws, seed + 7919)  # another salt: draws independent of the selection's
+    return torch.cat([fresh(model, chosen[i:i + batch_size], y[i:i + batch_size])
+                      for i in range(0, x.shape[0], batch_size)])
 
 
 __all__ = ["ATTACKS", "AdaptiveAttack", "Escalation", "ExpectedCorrect", "Expectation", "GRADIENT_FLAGS", "Layer",
