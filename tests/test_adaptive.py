@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import armor
-from armor.adaptive import (AdaptiveAttack, Expectation, ExpectedCorrect, escalate, find_nondifferentiable,
+from armor.adaptive import (Expectation, ExpectedCorrect, escalate, find_nondifferentiable,
                             fit_smooth, prepare_layers, seeded, straight_through, train_surrogate, triggers)
 from armor.evaluate import evaluate
 from test_adaptive_zoo import DCTQuantise, IdentityBackward, RandomShiftNoise, Thermometer, _mlp
