@@ -1,7 +1,8 @@
 """`armor demo --domain text`: a word-CNN on MR trained standard, with embedding-space PGD and with A2T, each
 measured under PWWS, TextFooler, DeepWordBug and A2T with the same constraints, and the report's text section.
-Measured: 5 min 37 s on 2 cores at load 1.8-5 (training 36, 93 and 123 s); 45 minutes under load 14-19. See
-bench/RESULTS.md, section Text.
+Measured: 5 min 37 s on 2 cores at load 1.8-5 (training 36, 93 and 123 s); 45 minutes under load 14-19, both
+with embed-pgd's first radius (0.1, since replaced by 0.02: not re-measured as a demo; the same models' figures
+are in bench/RESULTS.md, section Text, closing table).
 
 The question asked of image classifiers is asked again for text: does hardening keep the accuracy when words
 are swapped for synonyms or misspelt within the budget, and what does it cost (training time vs standard)?
