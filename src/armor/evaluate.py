@@ -133,7 +133,7 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
              attack_kwargs: Optional[dict[str, dict[str, Any]]] = None, keep_adv: bool = False,
              progress: Optional[Callable[[str, int, int], None]] = None,
              attacks: Optional[dict[str, Callable[..., torch.Tensor]]] = None, score: Optional[ScoreFn] = None,
-             start: Optional[torch.Tensor] = None, key: Optional[str] = None) -> EvalResult:
+             start: Optional[torch.Tensor] = None, key: Optional[str] = None, shard: Any = None) -> EvalResult:
     """Worst-case robust accuracy of ``model`` under ``threat`` over an ensemble of attacks.
 
     Arguments:
@@ -165,6 +165,11 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
         start: per point, the worst case found before (bool, or scores with ``score``); attacks run only where
             it is above 0, and the result continues from it (escalating an earlier evaluation).
         key: describes ``attacks`` and ``score`` in the state's fingerprint (whatever changes what they do).
+        shard: this process's part of an evaluation sharded over a process group (an :class:`armor.shard.Shard`;
+            use :func:`armor.shard.evaluate_sharded`): it runs the global batches ``b`` of each attack with
+            ``b % shard.world == shard.rank``, ``shard.merge`` joins the processes' results after each attack, and
+            every process returns the whole result, identical to one process's. ``state_path`` must then be a
+            directory; each process keeps its own state file in it.
     Returns:
         :class:`EvalResult`; ``per_attack[name]`` holds ``accuracy`` (own accuracy on the same points, with
         ``individual``), ``cumulative_accuracy`` (worst case after this attack), ``broke`` (points it broke
@@ -214,18 +219,44 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
                    broken_by=torch.full((total,), -1, dtype=torch.long, device=device))
     store = None
     if state_path is not None:
-        fingerprint = _fingerprint(x, y, names, threat, seed, model, attack_kwargs, key,
+        extra = key if shard is None else f"{key or ''}|sharded individual={individual} keep_adv={keep_adv}"
+        fingerprint = _fingerprint(x, y, names, threat, seed, model, attack_kwargs, extra,
                                    None if start is None else begin)
         path = Path(state_path)
-        store = _StateFile(path / f"eval-{fingerprint[:20]}.state" if path.is_dir() else path, fingerprint)
+        store = _StateFile(shard.state_file(path, fingerprint) if shard is not None else
+                           path / f"eval-{fingerprint[:20]}.state" if path.is_dir() else path, fingerprint)
+    saved, problem, behind = None, None, 0
     if store is not None and store.exists():
-        saved = store.load(device)
+        try:
+            saved = store.load(device)
+        except ValueError as e:
+            if shard is None:
+                raise
+            problem = e  # raised on every process by shard.agree, not on this one alone
+    if shard is not None:  # the states resume only if they belong to one interrupted run
+        saved, behind = shard.agree(saved, problem, state_path)
+    if saved is not None:
         st = EvalState(saved.robust, saved.records, saved.attack, saved.batch, saved.todo, saved.own_fooled,
                        saved.x_adv if keep_adv and saved.x_adv is not None else st.x_adv,
                        saved.broken_by if saved.broken_by is not None else st.broken_by)
     prior_seconds = sum(r["seconds"] for r in st.records.values())
     on_start = getattr(progress, "start", None) if progress is not None else None
+    clean_total = float(clean_score.double().sum())
 
+    def finish(record: dict[str, Any]) -> None:
+        """Complete an attack's record once its batches are done (merged over the processes when sharded)."""
+        own = st.own_fooled if shard is None else shard.merge(st, record, score is not None)
+        record.update({
+            "accuracy": (clean_total - own) / total if individual else None,
+            "cumulative_accuracy": float(st.robust.double().sum()) / total,
+            "seconds": round(record["seconds"], 4),
+        })
+
+    if shard is not None and st.attack == behind + 1:
+        # one attack ahead of another process: it saved the merge of that attack, which the others missed
+        finish(st.records[names[behind]])
+        store.save(st)
+    rank, n_shards = (0, 1) if shard is None else (shard.rank, shard.world)
     for a_idx in range(st.attack, len(names)):
         name = names[a_idx]
         fn = attacks[name] if name in attacks else get_attack(name, **attack_kwargs.get(name, {}))
@@ -234,21 +265,20 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
             st.batch, st.own_fooled = 0, 0
             st.records[name] = {"seconds": 0.0, "n": int(st.todo.numel()), "broke": 0}
         record = st.records[name]
+        n_points = int(st.todo.numel())
+        n_batches = (n_points + batch_size - 1) // batch_size
         if on_start is not None:
-            n_points = int(st.todo.numel())
-            on_start(name, n_points, (n_points + batch_size - 1) // batch_size, st.batch)
-        t0 = time.perf_counter()
-        batches = attack_batches(model, fn, x, y, threat, batch_size=batch_size, seed=seed, stream=a_idx,
-                                 index=st.todo, start=st.batch, name=name)
-        while True:
+            on_start(name, n_points, n_batches, st.batch)
+        for b in range(st.batch, n_batches):  # st.batch: the next global batch
+            if b % n_shards != rank:  # another process's
+                continue
+            t0 = time.perf_counter()
             # A model that draws random numbers in its forward pass draws them from torch's global generator:
             # seeded per (attack, batch) like the attacks' own, so a resumed run draws what an uninterrupted one
             # did (and the caller's generator is left where it was).
-            with _global_rng(device, batch_seed(seed, a_idx, st.batch)):
-                try:
-                    b, n_batches, idx, xb = next(batches)
-                except StopIteration:
-                    break
+            with _global_rng(device, batch_seed(seed, a_idx, b)):
+                _, _, idx, xb = next(attack_batches(model, fn, x, y, threat, batch_size=batch_size, seed=seed,
+                                                    stream=a_idx, index=st.todo, start=b, name=name))
                 now = _checked_score(score, model, xb, y[idx]) if score is not None else None
             if score is None:
                 with attack_mode(model), torch.no_grad(), _global_rng(device, batch_seed(seed, a_idx, b) + 1):
@@ -261,41 +291,41 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
                 lower = now < st.robust[idx]  # a point keeps its lowest score
                 record["broke"] += float((st.robust[idx] - now).clamp(min=0).sum())
             st.robust[idx[lower]] = now[lower]
-            st.broken_by[idx[lower]] = a_idx
+            st.broken_by[idx[lower]] = a_idx  # sharded: this process's own, merged at the end
             if st.x_adv is not None:
                 st.x_adv[idx[lower]] = xb[lower]
-            record["seconds"] += time.perf_counter() - t0  # the attack ran inside attack_batches, since t0
+            record["seconds"] += time.perf_counter() - t0
             st.batch = b + 1
             if store is not None:
                 store.save(st)
             if progress is not None:
                 progress(name, b + 1, n_batches)
-            t0 = time.perf_counter()
-        record.update({
-            "accuracy": (float(clean_score.double().sum()) - st.own_fooled) / total if individual else None,
-            "cumulative_accuracy": float(st.robust.double().sum()) / total,
-            "seconds": round(record["seconds"], 4),
-        })
-        st.attack, st.batch, st.todo, st.own_fooled = a_idx + 1, 0, None, 0
+        st.attack, st.batch, st.todo = a_idx + 1, 0, None
+        finish(record)  # sharded: merges, and keeps what it needs to merge again after a restart
+        st.own_fooled = 0
         if store is not None:
             store.save(st)
 
+    seconds = time.perf_counter() - t_start + prior_seconds
+    broken_by, x_adv = st.broken_by, st.x_adv
+    if shard is not None:
+        broken_by, x_adv, seconds = shard.gather(broken_by, x_adv, seconds)
     per_attack = {k: {"accuracy": v.get("accuracy"), "cumulative_accuracy": v["cumulative_accuracy"],
                       "broke": v.get("broke"), "seconds": v["seconds"], "n": v["n"]} for k, v in st.records.items()}
     return EvalResult(
-        clean_accuracy=float(clean_score.double().sum()) / total,
+        clean_accuracy=clean_total / total,
         robust_accuracy=float(st.robust.double().sum()) / total,
         per_attack=per_attack,
         threat_model=threat.to_dict(),
         suite=names,
         n=total,
-        seconds=round(time.perf_counter() - t_start + prior_seconds, 4),
+        seconds=round(seconds, 4),
         seed=seed,
         robust=(st.robust > 0).cpu(),
         clean_correct=clean_correct.cpu(),
-        x_adv=None if st.x_adv is None else st.x_adv.cpu(),
+        x_adv=None if x_adv is None else x_adv.cpu(),
         state_file=None if store is None else store.path,
-        broken_by=st.broken_by.cpu(),
+        broken_by=broken_by.cpu(),
         score=None if score is None else st.robust.cpu(),
     )
 
