@@ -158,3 +158,42 @@ def test_device_that_is_not_here_is_a_clear_error(run_dir, tmp_path, command, de
     r = invoke(command, run_dir, "--device", device, "--n", "8", "--out", out)
     assert r.exit_code == 2 and "error: --device" in r.output and match in " ".join(r.output.split()), r.output
     assert "Traceback" not in r.output and not out.exists()  # refused before any work
+
+
+def test_bpda_names_a_layer_and_escalates_without_a_flag(run_dir, tmp_path):
+    """`--bpda MODULE` on an honest model: no masking check runs (--no-extras), yet naming a layer escalates with
+    BPDA through it (identity backward through a ReLU), and the summary says what the escalation did."""
+    base = ["--suite", "fgsm", "--n", "30", "--batch-size", "30", "--no-extras", "--certify", "none", "--quiet",
+            "--threads", "1"]
+    r = invoke("evaluate", run_dir, *base, "--bpda", "net.1", "--out", tmp_path / "e")
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "e" / "results.json").read_text())
+    ad = res["adaptive"]
+    assert ad["triggered_by"] == [] and ad["escalations"] == ["bpda"]
+    assert [(la["module"], la["reason"]) for la in ad["layers"]] == [("net.1", "named by the user")]
+    assert list(res["per_attack"]) == ["fgsm", "bpda-apgd-ce", "bpda-apgd-t"]
+    # the worst case over suite and escalation: the last attack's cumulative figure, never above the suite's
+    assert res["robust_accuracy"] == res["per_attack"]["bpda-apgd-t"]["cumulative_accuracy"]
+    assert res["robust_accuracy"] <= res["suite_robust_accuracy"] == res["per_attack"]["fgsm"]["cumulative_accuracy"]
+    # broke counts add up to the drop from the suite's number (30 points)
+    broke = sum(res["per_attack"][a]["broke"] for a in ("bpda-apgd-ce", "bpda-apgd-t"))
+    assert broke == round((res["suite_robust_accuracy"] - res["robust_accuracy"]) * 30)
+    out = " ".join(r.output.split())
+    assert (f"robust accuracy {res['suite_robust_accuracy']:.4f} -> {res['robust_accuracy']:.4f}" in out
+            and "bpda-apgd-ce: broke" in out and "bpda-apgd-t: broke" in out), r.output
+    # --no-adaptive: the suite's own number, nothing escalated (the same suite, the same seed)
+    r = invoke("evaluate", run_dir, *base, "--no-adaptive", "--out", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    plain = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert "adaptive" not in plain and plain["robust_accuracy"] == res["suite_robust_accuracy"]
+    assert "adaptive escalation" not in r.output
+
+
+def test_bpda_with_a_wrong_name_is_a_clear_error(run_dir, tmp_path):
+    out = tmp_path / "e"
+    r = invoke("evaluate", run_dir, "--bpda", "net.99", "--n", "8", "--quiet", "--out", out)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "error:" in text and "no submodule named 'net.99'" in text, r.output
+    assert "'net.1'" in text and "Traceback" not in r.output and not (out / "results.json").exists()
+    r = invoke("evaluate", run_dir, "--bpda", "net.1", "--no-adaptive", "--n", "8", "--quiet", "--out", out)
+    assert r.exit_code == 2 and "--no-adaptive" in r.output

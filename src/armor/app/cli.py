@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from enum import Enum
 from pathlib import Path
 import inspect
@@ -158,39 +157,22 @@ class _WorkerDone(Exception):
     """A torchrun process other than rank 0 has done its share of the worst case; rank 0 does the rest."""
 
 
-@contextlib.contextmanager
-def _placed(device, sharded: bool):
-    """The run's model on ``device``, and the worst case sharded over torchrun's processes (only rank 0 goes on
-    to the curve, calibration and masking checks, and writes results.json).
-
-    TODO(lead): patched here until :func:`armor.app.measure.measure_run` takes ``device=`` and ``evaluator=``
-    (requested in /tmp/lead/requests/scale.md); then pass them instead.
-    """
-    from unittest import mock
-
-    from . import measure as measure_module
-    from .rundir import RunDir
+def _sharded_evaluator(states: list[Path]):
+    """The worst case sharded over torchrun's processes (:func:`armor.shard.evaluate_sharded`) for
+    :func:`armor.app.measure.measure`: rank 0 goes on to the curve, calibration and masking checks and writes
+    results.json; the other processes stop with :class:`_WorkerDone`. Every process's state file is added to
+    ``states``, for rank 0 to remove once all is measured (until then a restart resumes every process)."""
     from ..shard import all_state_files, evaluate_sharded, world
-
-    load = RunDir.model
-    states: list[Path] = []  # every process's state file, removed by rank 0 once all is measured
 
     def evaluator(*args, **kwargs):
         result = evaluate_sharded(*args, **kwargs)
         if world()[0] != 0:
-            raise _WorkerDone  # its state stays until rank 0 has finished (a restart then resumes every process)
+            raise _WorkerDone
         if result.state_file is not None:
             states.extend(all_state_files(result.state_file))
         return result
 
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(RunDir, "model", lambda self, checkpoint="best":
-                                              load(self, checkpoint).to(device)))
-        if sharded:
-            stack.enter_context(mock.patch.object(measure_module, "evaluate", evaluator))
-        yield
-    for path in states:
-        path.unlink(missing_ok=True)
+    return evaluator
 
 
 def _threads(threads: str, model, display: "_Display", batch: Optional[int] = None) -> None:
@@ -432,6 +414,8 @@ def evaluate(
     certify: Annotated[str, typer.Option(help="Certified lower bound next to the attacked upper bound: auto (crown-ibp for models bound propagation supports, mlp and small-cnn; none otherwise), none, ibp, crown-ibp, crown (tightest, about 1 s per uncertified 28x28 point) or smoothing (randomized smoothing: certifies the smoothed classifier, not the model).")] = "auto",
     sigma: Annotated[Optional[float], typer.Option(help="--certify smoothing: noise level (default: the sigma the run trained with).")] = None,
     smoothing_n: Annotated[int, typer.Option(help="--certify smoothing: noise samples per point (Cohen et al.: 100000; n0 = 100, alpha = 0.001).")] = 100_000,
+    adaptive: Annotated[bool, typer.Option(help="When a masking flag fires, escalate with adaptive attacks (EOT for random outputs, BPDA through non-differentiable layers, transfer from a surrogate) and report the worst case over suite and escalation; --no-adaptive reports the suite's number.")] = True,
+    bpda: Annotated[Optional[list[str]], typer.Option("--bpda", metavar="MODULE", help="A non-differentiable submodule (its name in model.named_modules()) to attack through with BPDA, besides those armor finds; repeatable. Naming one escalates even without a masking flag.")] = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
@@ -468,6 +452,8 @@ def evaluate(
         fail(f"--smoothing-n must be a positive number of samples, got {smoothing_n}")
     if sigma is not None and not sigma > 0:
         fail(f"--sigma must be > 0 (the noise's standard deviation in input units), got {sigma}")
+    if bpda and not adaptive:
+        fail("--bpda asks for an adaptive escalation and --no-adaptive turns it off: pass one of them")
     dev = _device(device)
     out = _out(writable_dir, out or run_dir / "eval", "evaluation")
     run = _run(run_dir)
@@ -477,6 +463,8 @@ def evaluate(
         if launched_by_torchrun():
             fail(f"torchrun shards the worst case of classifier runs; {run_dir} is a {run.metadata['domain']} run: "
                  "evaluate it with plain `armor evaluate`")
+        if bpda or not adaptive:
+            fail(f"--bpda and --no-adaptive apply to classifier runs; {run_dir} is a {run.metadata['domain']} run")
         _evaluate_workflow(run, out, {"eps": eps, "norm": norm.value if norm else None, "n": n if n != 1000 else None,
                                       "seed": seed, "suite": suite, "eps_grid": grid, "curve": extras}, quiet)
         return
@@ -488,7 +476,7 @@ def evaluate(
             norm=norm.value if norm else None, eps=eps, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
             n=n, suite=suite, eps_grid=grid, batch_size=batch_size, seed=seed, calibration=extras, shift=extras,
             interpret=extras, masking=extras, state_path=out if resume else None, threads=threads,
-            smoothing={"sigma": sigma, "n": smoothing_n}))
+            smoothing={"sigma": sigma, "n": smoothing_n}, adaptive=adaptive, bpda_modules=tuple(bpda or ())))
     finally:
         if created:
             close()
@@ -512,14 +500,18 @@ def _evaluate_classifier(run_dir: Path, run, out: Path, dev, quiet: bool, certif
                 method, why = certify_default(model, getattr(model, "input_shape", None) or
                                               run.metadata["architecture"]["input_shape"])
                 display.line(why)
-            with _placed(dev, launched_by_torchrun()):
-                entry, art = measure_run(run_dir, progress=_eval_progress(display, options["batch_size"]),
-                                         certify=method, **options)
+            states: list[Path] = []
+            if launched_by_torchrun():
+                options["evaluator"] = _sharded_evaluator(states)
+            entry, art = measure_run(run_dir, progress=_eval_progress(display, options["batch_size"]),
+                                     certify=method, device=dev, **options)
         except _WorkerDone:  # another process's share is done; rank 0 writes
             return
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
         display.close()
+    for path in states:
+        path.unlink(missing_ok=True)
     add_cost({entry["name"]: entry})
     atomic_write_json(out / "results.json", stamp(entry))
     if art:
@@ -527,6 +519,10 @@ def _evaluate_classifier(run_dir: Path, run, out: Path, dev, quiet: bool, certif
     _print_eval(entry)
     for f in entry.get("masking_flags", []):
         err.print(f"[bold yellow]masking flag[/] {escape(f['name'])}: {escape(f['message'])}")
+    if entry.get("adaptive"):
+        from ..adaptive import Escalation
+
+        console.print(escape(Escalation(**entry["adaptive"]).summary()))
     console.print(escape(f"wrote {out / 'results.json'}"))
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from torch import nn
 
 from .. import metrics
-from ..adaptive import escalate, triggers
+from ..adaptive import escalate, prepare_layers, triggers
 from ..engine import as_xy
 from ..evaluate import evaluate
 from ..plugins import Measurement, domain_of_dataset
@@ -99,7 +99,7 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
             masking_n: int = 300, attack_kwargs: Optional[dict[str, dict[str, Any]]] = None, seed: int = 0,
             batch_size: int = 500, state_path: Any = None, progress: Progress = None,
             certify: Optional[str] = None, smoothing: Optional[dict[str, Any]] = None, adaptive: bool = True,
-            bpda_modules: Sequence[str] = ()) -> tuple[dict, dict]:
+            bpda_modules: Sequence[str] = (), evaluator: Callable[..., Any] = evaluate) -> tuple[dict, dict]:
     """Measure ``model`` under ``threat`` on ``data`` (``(x, y)`` or a Dataset).
 
     Arguments:
@@ -127,6 +127,12 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
             ``suite_robust_accuracy`` the suite's own, ``per_attack`` gains the adaptive attacks (``broke``: what
             each broke that everything before it missed) and ``adaptive`` says what ran and which points each
             attack broke. Costs nothing when no flag fires.
+        bpda_modules: names of submodules (as in ``model.named_modules()``) to attack through with BPDA besides
+            those found; naming one escalates even without a flag or the masking checks. A name the model does not
+            have is a ``ValueError`` (naming the ones it has) before any attack runs.
+        evaluator: the worst-case evaluator: :func:`armor.evaluate`, or one with its arguments and result, such as
+            :func:`armor.shard.evaluate_sharded` under torchrun (the rest of the measurement runs where it
+            returns).
     The thread count is torch's current one: pick it with :func:`armor.threads.use_threads` (what
     ``armor evaluate --threads`` does), e.g. ``with use_threads("auto", model): measure(...)``.
     Returns:
@@ -152,10 +158,15 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
     def announce(key: str) -> None:
         hooks.stage(key, stages.index(key) + 1 if key in stages else len(stages), len(stages))
 
+    if bpda_modules:  # a wrong name is an error now, not after the worst case
+        known = dict(model.named_modules())
+        unknown = [nm for nm in bpda_modules if nm not in known or known[nm] is model]
+        if unknown:
+            prepare_layers(model, x[:1], threat, unknown, "named by the user")  # raises, naming the known ones
     announce("worst-case evaluation")
-    result = evaluate(model, (x, y), threat, suite=suite, batch_size=batch_size, seed=seed, individual=True,
-                      attack_kwargs=attack_kwargs, keep_adv=True, state_path=state_path,
-                      progress=_AttackHook(hooks))
+    result = evaluator(model, (x, y), threat, suite=suite, batch_size=batch_size, seed=seed, individual=True,
+                       attack_kwargs=attack_kwargs, keep_adv=True, state_path=state_path,
+                       progress=_AttackHook(hooks))
     entry: dict[str, Any] = result.to_dict()
     entry["eval_seconds"] = {"worst_case": result.seconds}
     artifacts: dict[str, Any] = {}
@@ -183,29 +194,29 @@ def measure(model: nn.Module, data: Any, threat: ThreatModel, *, suite: Union[st
                                                     batch_size=batch_size, attack_kwargs=attack_kwargs))
         entry.update(fields)
         artifacts.update(art)
+    flags: list[dict[str, Any]] = []
     if masking:
         checks = timed("masking", lambda: metrics.masking_checks(
             model, x, y, threat, curve=entry.get("curve"), n=masking_n, seed=seed, batch_size=batch_size))
-        entry["masking_flags"] = checks["flags"]
+        flags = checks["flags"]
         entry["masking_checks"] = checks["checks"]
-        if adaptive and (triggers(checks["flags"]) or bpda_modules):
-            stages.append("adaptive escalation")
-            found = timed("adaptive escalation", lambda: escalate(
-                model, x, y, threat, checks["flags"], base=result, modules=bpda_modules, seed=seed,
-                batch_size=batch_size, state_path=state_path, attack_kwargs=_adaptive_kwargs(attack_kwargs),
-                progress=_AttackHook(hooks)))
-            if found is not None:
-                entry["suite_robust_accuracy"] = entry["robust_accuracy"]
-                entry["robust_accuracy"] = found.robust_accuracy
-                if found.draws is not None:  # random outputs: both numbers are expectations over draws
-                    entry["suite_clean_accuracy"] = entry["clean_accuracy"]
-                    entry["clean_accuracy"] = found.clean_accuracy
-                entry["per_attack"].update(found.per_attack)
-                entry["adaptive"] = found.to_dict()
-                if found.result is not None and found.result.state_file is not None and found.result.state_file.exists():
-                    found.result.state_file.unlink()
-    else:
-        entry["masking_flags"] = []
+    entry["masking_flags"] = flags
+    if adaptive and (triggers(flags) or bpda_modules):
+        stages.append("adaptive escalation")
+        found = timed("adaptive escalation", lambda: escalate(
+            model, x, y, threat, flags, base=result, modules=bpda_modules, seed=seed,
+            batch_size=batch_size, state_path=state_path, attack_kwargs=_adaptive_kwargs(attack_kwargs),
+            progress=_AttackHook(hooks)))
+        if found is not None:
+            entry["suite_robust_accuracy"] = entry["robust_accuracy"]
+            entry["robust_accuracy"] = found.robust_accuracy
+            if found.draws is not None:  # random outputs: both numbers are expectations over draws
+                entry["suite_clean_accuracy"] = entry["clean_accuracy"]
+                entry["clean_accuracy"] = found.clean_accuracy
+            entry["per_attack"].update(found.per_attack)
+            entry["adaptive"] = found.to_dict()
+            if found.result is not None and found.result.state_file is not None and found.result.state_file.exists():
+                found.result.state_file.unlink()
     entry["eval_seconds"]["total"] = round(time.perf_counter() - t0, 3)
     if result.state_file is not None and result.state_file.exists():
         result.state_file.unlink()
@@ -318,16 +329,16 @@ def add_cost(models: dict[str, dict[str, Any]]) -> None:
 def measure_run(run_dir: Any, *, norm: Optional[str] = None, eps: Optional[float] = None,
                 dataset: Optional[str] = None, data_dir: Optional[str] = None, n: Optional[int] = 1000,
                 suite: Union[str, Sequence[str], None] = None, progress: Progress = None,
-                threads: ThreadsArg = None, **kwargs: Any) -> tuple[dict, dict]:
+                threads: ThreadsArg = None, device: Any = None, **kwargs: Any) -> tuple[dict, dict]:
     """:func:`measure` for a run directory: its model, its dataset's test split, its threat model by default,
     the suite and measurements its dataset's domain asks for.
 
     ``threads``: a thread count or ``"auto"`` (:func:`armor.threads.use_threads` for the run's model and the
     points per attack call) for the duration of the call; ``None`` leaves torch's thread count alone. The choice
-    goes to ``progress.info``.
+    goes to ``progress.info``. ``device``: where the model runs (default: where it loads, the CPU).
     """
     run = RunDir(run_dir)
-    model = run.model()
+    model = run.model() if device is None else run.model().to(device)
     test = run.dataset("test", dataset, data_dir)
     threat = run.threat(norm, eps)
     if kwargs.get("certify") == "smoothing":
