@@ -6,10 +6,11 @@ with torch.equal and ==. A resumed run (rank 1 killed right after an attack's me
 the two processes restart one attack apart) must give the same result too. Checked that it can fail: with
 each process drawing from its own stream (stream + rank) the flags happened to agree but the examples did not.
 
-Runtime: 50-55 s at load 5-7 on the 2 shared cores, most of it starting processes that import torch: one torchrun
-of 2 processes runs `armor evaluate` under torchrun, the uninterrupted library runs and the killed one; a
-second one resumes. (Letting torchrun restart the processes itself, --max-restarts 1, saved one launch but
-failed once in two runs here: the restarted group's gloo mesh timed out connecting.)
+Runtime: 26-40 s at load 3.6-4.3 on the 2 shared cores (it was 32 s at load 3-4 before the evaluator was one),
+most of it starting processes that import torch (a bare torchrun of 2 processes that only joins the group takes
+9-11 s wall here): one torchrun of 2 processes runs `armor evaluate` under torchrun, the uninterrupted library
+runs and the killed one; a second one resumes. (Letting torchrun restart the processes itself, --max-restarts 1,
+saved one launch but failed once in two runs here: the restarted group's gloo mesh timed out connecting.)
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ class Noisy(torch.nn.Module):
 
 
 def true_class_probability(model, x, y):
-    """A score in [0, 1] (evaluate's ``score=``): the softmax probability of the true class."""
+    """A score in [0, 1] (evaluate's ``score=``): the softmax probability of the true class where the prediction
+    is right, else 0. A point's score goes down in several attacks; fooled points leave the later attacks, so the
+    batches shift and a point is often lowered by one process and then by the other."""
     with torch.no_grad():
-        return model(x).softmax(1).gather(1, y[:, None]).squeeze(1).double()
+        out = model(x)
+        return (out.softmax(1).gather(1, y[:, None]).squeeze(1) * (out.argmax(1) == y)).double()
 
 # attacks that draw random numbers (PGD's start, Square's squares) and one that does not, at a small budget;
 # 70 points in batches of 8: uneven global batches (the last one short), dealt round-robin to 2 processes
@@ -224,9 +228,10 @@ def test_a_randomized_model_gets_the_same_draws(sharded, digits, digits_model):
 
 
 def test_a_score_gives_the_same_scores(sharded, digits, digits_model):
-    """``score=`` (expected correctness, here the true class's probability) and ``start=``: the scores merge by
-    their minimum, the examples come from the process that lowered each point last (a point's score can go down
-    in several attacks, on different processes)."""
+    """``score=`` (expected correctness; here the true class's probability where the prediction is right) and
+    ``start=``: the scores merge by their minimum, the examples come from the process that lowered each point last
+    (a point's score goes down in several attacks, on different processes). Checked that it can fail: with every
+    process's examples of every point it ever lowered summed, the examples differ."""
     _, _, x, y = digits
     ref = evaluate(digits_model, (x, y), ThreatModel("linf", EPS), SUITE[:3], n=N, batch_size=BATCH, seed=SEED,
                    attack_kwargs={"apgd-ce": KWARGS["apgd-ce"]}, keep_adv=True,
