@@ -13,7 +13,8 @@ from conftest import accuracy
 FAST = {"apgd-ce": {"steps": 20}, "apgd-dlr": {"steps": 20}, "apgd-t": {"steps": 10, "n_target_classes": 3},
         "cw-l2": {"steps": 20, "binary_steps": 3}, "square": {"n_queries": 200}, "square-1k": {"n_queries": 200},
         "apgd-ce-x5": {"steps": 10, "restarts": 2}, "apgd-dlr-x5": {"steps": 10, "restarts": 2},
-        "square-x5": {"n_queries": 100, "restarts": 2}, "fab-t": {"steps": 20}}
+        "square-x5": {"n_queries": 100, "restarts": 2}, "fab-t": {"steps": 20},
+        "rays": {"n_queries": 200}, "rays-1k": {"n_queries": 200}}
 EPS = {"linf": 0.1, "l2": 0.6, "l1": 2.0}
 # Image-domain attacks; the constrained tabular ones (armor.domains.tabular) are tested on random schemas there.
 CORE = sorted(n for n, s in ATTACKS.items() if not s.fn.__module__.startswith("armor.domains.tabular"))
