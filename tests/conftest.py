@@ -84,3 +84,21 @@ def digits_pgd_model(digits):
             nn.functional.cross_entropy(model(xa), ytr[b]).backward()
             opt.step()
     return model.eval()
+
+
+def run_launcher(argv: list[str], env: dict[str, str], timeout: float) -> "subprocess.CompletedProcess[str]":
+    """Run a launcher (torchrun) in a session of its own, so that a timeout ends its workers too, not only the
+    launcher; a timeout fails the test with the end of its stderr."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{argv[2] if len(argv) > 2 else argv[0]} timed out: {stderr[-3000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 
 import pytest
@@ -36,6 +34,7 @@ import torch
 from armor.app.train_cli import train_command
 from armor.models import build_model
 from armor.training import load_metadata, load_weights
+from conftest import run_launcher
 
 COMMON = {"dataset": "digits", "recipe": "awp", "steps": 3, "adv_ratio": 0.5, "random_start": False,
           "norm": "l2", "eps": 0.5}
@@ -91,17 +90,9 @@ def torchrun(runs: list[tuple[dict, object]], tmp) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
             "--master_addr", "127.0.0.1", "--master_port", ports[0], str(driver), json.dumps(argvs), *ports]
-    # a session of its own, so that a timeout ends the workers too, not only the launcher
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun timed out: {stderr[-3000:]}")
-    assert proc.returncode == 0, stderr[-3000:]
-    return stdout
+    done = run_launcher(argv, env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
 
 def one_process(args: dict, out) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -32,7 +31,7 @@ from armor.app.cli import app
 from armor.evaluate import evaluate
 from armor.shard import evaluate_sharded
 
-from conftest import DigitsNet
+from conftest import DigitsNet, run_launcher
 
 
 class Noisy(torch.nn.Module):
@@ -153,18 +152,12 @@ def torchrun(tmp, phase: str) -> subprocess.CompletedProcess:
             "--monitor-interval", "0.1", str(driver), str(tmp), os.path.dirname(__file__), phase,
             json.dumps(cli_argv(tmp, "cli-sharded"))]
     for attempt in (1, 2):
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)  # a session of its own: a timeout ends the workers too
-        try:
-            stdout, stderr = proc.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-            pytest.fail(f"torchrun timed out: {stderr[-3000:]}")
-        connected = proc.returncode == 0 or re.search(r"exitcode\s*:\s*17", stderr) or not NOT_CONNECTED.search(stderr)
+        done = run_launcher(argv, env, timeout=240)
+        connected = (done.returncode == 0 or re.search(r"exitcode\s*:\s*17", done.stderr)
+                     or not NOT_CONNECTED.search(done.stderr))
         if connected or attempt == 2:
-            return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
-        print(f"torchrun ({phase}) did not connect its processes; launching again:\n{stderr[-2000:]}")
+            return done
+        print(f"torchrun ({phase}) did not connect its processes; launching again:\n{done.stderr[-2000:]}")
 
 
 @pytest.fixture(scope="module")
