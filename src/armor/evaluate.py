@@ -138,7 +138,7 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
 
     Arguments:
         data: ``(x, y)`` tensors or an armor ``Dataset``; x in the threat's bounds.
-        suite: ``"standard"`` (FGSM, FGSM-T, APGD-CE, FAB-T-10, APGD-T, Square-5000), ``"plus"`` (AutoAttack+
+        suite: ``"standard"`` (FGSM, FGSM-T, APGD-CE, FAB-T-10, APGD-T, Square-5000 that gives up on hopeless points), ``"plus"`` (AutoAttack+
             style: restarts, APGD-DLR, FAB-T-100), ``"fast"`` (PGD-10, APGD-CE) or attack names.
         n: evaluate the first ``n`` points. batch_size: points per attack call.
         seed: every (attack, batch) gets its own generator derived from it, so a resumed run is identical.
