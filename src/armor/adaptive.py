@@ -38,7 +38,7 @@ from torch import nn
 
 from .attacks import attack_mode, get_attack
 from .engine import model_device, predict_logits
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, _global_rng, evaluate
 from .threat import ThreatModel
 
 # The flags that call for each escalation (names of :mod:`armor.metrics.masking` checks).
@@ -60,9 +60,7 @@ def seeded(x: torch.Tensor, salt: int) -> Iterator[None]:
     order of calls (so a resumed evaluation repeats an uninterrupted one), and new noise for every new input."""
     digest = hashlib.blake2b(x.detach().cpu().contiguous().numpy().tobytes(), digest_size=8,
                              key=int(salt).to_bytes(8, "little", signed=True)).digest()
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    with _global_rng(x.device, int.from_bytes(digest, "little") & ((1 << 63) - 1)):
         yield
 
 
@@ -286,8 +284,7 @@ def fit_smooth(module: nn.Module, inputs: torch.Tensor, *, steps: int = 400, hid
         data = inputs
     with attack_mode(module), torch.no_grad(), seeded(data, SALT_PROBE):
         target = sum(module(data + s * noise(data)) for _ in range(noise_draws)) / noise_draws
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _global_rng(data.device, seed):
         if pointwise:
             data, target = data.flatten(1), target.flatten(1)
             net: nn.Module = nn.Sequential(nn.Linear(data.shape[1], hidden), nn.Tanh(),
@@ -380,8 +377,7 @@ def train_surrogate(model: nn.Module, x: torch.Tensor, threat: ThreatModel, *, l
         lab[:x.shape[0]] = labels.to(lab.device)
     classes = int(predict_logits(model, x[:1]).shape[1])
     shape = tuple(x.shape[1:])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _global_rng(pts.device, seed):
         surrogate = (SmallCNN(shape, classes) if len(shape) == 3 and min(shape[1:]) >= 4 else MLP(shape, classes))
         surrogate = surrogate.to(pts.device)
         opt = torch.optim.Adam(surrogate.parameters(), lr=1e-3)
