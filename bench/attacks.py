@@ -33,6 +33,8 @@ from common import BENCH, load_fashion_mnist, machine_info, replace_section, tra
 
 import armor  # noqa: E402
 
+#: The subsection of bench/RESULTS.md this script owns (a re-run rewrites only it, not the issue-13 targets).
+HEADING = "### torchattacks and ART (`bench/attacks.py`; runs before issue 13)"
 EPS, ALPHA, STEPS = 0.1, 0.01, 10
 
 
@@ -171,7 +173,7 @@ def report(info, pgd, batch, suites, n_suite, rounds, inner) -> str:
         f"torch {info['torch']}, torch.set_num_threads(2), Python {info['python']}; torchattacks {info['ta']}, "
         f"ART {info['art']}.",
         "",
-        f"### PGD throughput (linf eps {EPS}, alpha {ALPHA}, {STEPS} steps, random start, batch {batch}, "
+        f"#### PGD throughput (linf eps {EPS}, alpha {ALPHA}, {STEPS} steps, random start, batch {batch}, "
         f"standard-trained CNN; median of {rounds} interleaved rounds x {inner} calls; 1-min load average "
         f"{load} during the rounds)",
         "",
@@ -189,7 +191,7 @@ def report(info, pgd, batch, suites, n_suite, rounds, inner) -> str:
     ar, aa = suites["armor"], suites["AutoAttack"]
     lines += [
         "",
-        f"### Standard suite vs torchattacks.AutoAttack (linf eps {EPS}, first {n_suite} test points, "
+        f"#### Standard suite vs torchattacks.AutoAttack (linf eps {EPS}, first {n_suite} test points, "
         f"FGSM-RS adversarially trained CNN, clean acc {100 * ar['clean_acc']:.1f}%; batches of 500; "
         f"{len(ar['all_seconds'])} interleaved round(s), best time reported)",
         "",
@@ -281,8 +283,8 @@ def main(argv=None) -> int:
         print()
         print(text)
         if not (args.quick or args.no_write):
-            replace_section(BENCH / "RESULTS.md", "## Attacks", text)
-            print(f"\nwrote {BENCH / 'RESULTS.md'} (## Attacks)")
+            replace_section(BENCH / "RESULTS.md", HEADING, text)
+            print(f"\nwrote {BENCH / 'RESULTS.md'} ({HEADING})")
     return 0
 
 

@@ -172,15 +172,24 @@ def machine_info() -> dict[str, str]:
 
 
 def replace_section(path: Path, heading: str, body: str) -> None:
-    """Replace the markdown section that starts with ``heading`` (up to the next '## ') or append it."""
+    """Replace the markdown section that starts with ``heading`` or append it. The section ends at the next heading
+    of the same or a higher level (``## X`` ends at the next ``## ``; ``### X`` at the next ``### `` or ``## ``),
+    so a script that owns a subsection rewrites only that subsection."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = text.splitlines(keepends=True)
+    level = len(heading) - len(heading.lstrip("#"))
     start = next((i for i, l in enumerate(lines) if l.rstrip() == heading), None)
     new = heading + "\n\n" + body.strip() + "\n"
     if start is None:
         out = text.rstrip() + "\n\n" + new
     else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        end, fenced = len(lines), False
+        for j in range(start + 1, len(lines)):
+            fenced ^= lines[j].startswith("```")
+            k = len(lines[j]) - len(lines[j].lstrip("#"))
+            if not fenced and 0 < k <= level and lines[j][k:k + 1] == " ":
+                end = j
+                break
         tail = "".join(lines[end:])
         out = "".join(lines[:start]) + new + ("\n" + tail if tail else "")
     tmp = path.with_suffix(".tmp")
