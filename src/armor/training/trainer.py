@@ -12,6 +12,7 @@ perturbation), and the loop restarts at the batch after the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -181,6 +182,7 @@ class StepContext:
         self._t._apply_lr()
         self._t._optimizer.step()
         self._t._opt_step += 1
+        self._t._update_ema()
 
     def all_reduce_grads(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """Average gradients computed outside DDP (e.g. AWP's probe) over processes, weighted by shard size."""
@@ -204,7 +206,7 @@ class TrainResult:
         run_dir: the run directory (``None`` when training in memory). history: one dict per epoch (as in
         metrics.jsonl). best_epoch / best_score: the selected checkpoint and its validation score.
         status: ``"finished"`` or ``"early_stopped"``. train_seconds: wall time of the training passes.
-        model: the trained model (last weights, eval mode). best_state: the best weights (a state dict).
+        model: the trained model (last weights, or their average with ``ema_decay``; eval mode). best_state: the best weights (a state dict).
     """
 
     run_dir: Optional[Path]
@@ -258,6 +260,11 @@ class Trainer:
             robust validation (0: clean validation only). val_batch_size: points per validation attack.
         patience: stop after this many epochs without a better validation score (``None``: never).
         eps_warmup: ramp eps linearly from 0 over the first ``eps_warmup`` epochs.
+        ema_decay: keep an exponential moving average of the weights (against robust overfitting; Gowal et
+            al. 2020): after optimizer step ``t`` (from 1), ``avg = d * avg + (1 - d) * w`` with
+            ``d = min(ema_decay, (1 + t) / (10 + t))``, starting from the initial weights; integer buffers are
+            copied from the model. The average is what is validated, selected, saved and returned; the raw
+            weights keep training (both are in the resumable state). ``None`` (default): no averaging.
         checkpoint_every: also save the resumable state every this many batches.
         resume: continue the run in ``out_dir`` from its saved state (the settings must match).
         quiet: no progress bar. info: extra JSON metadata (``dataset`` ...). config: the resolved
@@ -276,7 +283,7 @@ class Trainer:
                  weight_decay: Optional[float] = None, lr_schedule: Optional[str] = None, seed: int = 0,
                  out_dir: Union[str, Path, None] = None, val_fraction: float = 0.1, val_steps: int = 10,
                  val_batch_size: int = 500, patience: Optional[int] = None, eps_warmup: int = 0,
-                 checkpoint_every: Optional[int] = None, resume: bool = False, quiet: bool = True,
+                 ema_decay: Optional[float] = None, checkpoint_every: Optional[int] = None, resume: bool = False, quiet: bool = True,
                  info: Optional[dict[str, Any]] = None, config: Optional[dict[str, Any]] = None,
                  device: Union[str, torch.device, None] = None) -> None:
         if not isinstance(model, nn.Module):
@@ -294,6 +301,10 @@ class Trainer:
         for name, value in (("patience", patience), ("checkpoint_every", checkpoint_every)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an integer >= 1 (or None to turn it off), got {value!r}")
+        if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
+                                      or not 0 < ema_decay < 1):
+            raise ValueError(f"ema_decay must be a number in (0, 1), e.g. 0.999 (or None to turn the weight "
+                             f"average off), got {ema_decay!r}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         lr = DEFAULT_LR[optimizer] if lr is None else lr
@@ -337,6 +348,7 @@ class Trainer:
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.val_fraction, self.val_steps, self.val_batch_size = float(val_fraction), val_steps, val_batch_size
         self.patience, self.eps_warmup, self.checkpoint_every = patience, eps_warmup, checkpoint_every
+        self.ema_decay = None if ema_decay is None else float(ema_decay)
         self.resume, self.quiet = resume, quiet
         self.info = dict(info or {})
         self.config = config
@@ -356,6 +368,8 @@ class Trainer:
             "world_size": world, "n_train": len(self.y), "n_val": len(self.val_y),
             "data": _fingerprint(self.x, self.y, self.val_x, self.val_y),
             "architecture": getattr(self.model, "armor_spec", None), "dataset": self.info.get("dataset"),
+            # only when set: runs saved before the option existed resume unchanged
+            **({"ema_decay": self.ema_decay} if self.ema_decay is not None else {}),
         })
 
     # ------------------------------------------------------------------ public entry
@@ -410,6 +424,8 @@ class Trainer:
         self._loop_epochs = math.ceil(self.epochs / self.recipe.epoch_divisor)
         self._total_steps = self._loop_epochs * self._n_batches * self.recipe.updates_per_batch
         self._opt_step = 0
+        self._ema: Optional[dict[str, torch.Tensor]] = None if self.ema_decay is None else \
+            {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self._hparams = self.hparams(d.world)
 
     def _apply_lr(self) -> None:
@@ -418,6 +434,34 @@ class Trainer:
         for group in self._optimizer.param_groups:
             group["lr"] = lr
         self._last_lr = lr
+
+    # ------------------------------------------------------------------ weight average
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """After optimizer step ``t``: ``avg = d * avg + (1 - d) * w``, ``d = min(ema_decay, (1+t)/(10+t))``
+        for floating-point entries; other buffers (counters) are copied."""
+        if self._ema is None:
+            return
+        t = self._opt_step
+        d = min(self.ema_decay, (1 + t) / (10 + t))
+        for k, v in self.model.state_dict().items():
+            if v.is_floating_point():
+                self._ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self._ema[k].copy_(v)
+
+    @contextlib.contextmanager
+    def _averaged(self):
+        """Inside: the model holds the averaged weights (a no-op without ``ema_decay``); the raw ones after."""
+        if self._ema is None:
+            yield
+            return
+        raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self._ema)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(raw)
 
     # ------------------------------------------------------------------ checkpoints
     def _local_state(self, acc: dict[str, float]) -> dict[str, Any]:
@@ -439,6 +483,7 @@ class Trainer:
             "optimizer": self._optimizer.state_dict(), "data_rng": self._data_gen.get_state(),
             "local": local, "history": self._history, "best": dict(self._best),
             "best_state": None, "train_seconds": self._train_seconds,
+            "ema": None if self._ema is None else {k: v.detach().clone() for k, v in self._ema.items()},
         })
         self._last_good = f"epoch {epoch + 1 if batch else epoch}" + (f", batch {batch}" if batch else " end")
 
@@ -462,6 +507,10 @@ class Trainer:
         try:
             self.model.load_state_dict({k: v.to(self.device) for k, v in state["model"].items()})
             self._optimizer.load_state_dict(state["optimizer"])
+            if self._ema is not None:
+                self.model.load_state_dict(state["ema"])  # checks that the average fits the model too
+                self._ema = {k: v.to(self.device).clone() for k, v in state["ema"].items()}
+                self.model.load_state_dict({k: v.to(self.device) for k, v in state["model"].items()})
         except (RuntimeError, ValueError, KeyError) as e:
             raise ckpt.CheckpointError(f"{self.out_dir / ckpt.STATE} does not fit this model: {e}") from None
         self._data_gen.set_state(state["data_rng"])
@@ -577,6 +626,8 @@ class Trainer:
         status, best_state = self._run_epochs(train_model, ctx, start_epoch, start_batch, perm, acc, best_state)
         if self._dist.rank == 0 and self.out_dir is not None:
             ckpt.write_metadata(self.out_dir, self._metadata(status))
+        if self._ema is not None:  # the trained model is the average
+            raw.load_state_dict(self._ema)
         raw.eval()
         return TrainResult(self.out_dir, list(self._history), self._best.get("epoch"), self._best.get("score"),
                            status, self._train_seconds, raw, best_state)
@@ -646,9 +697,10 @@ class Trainer:
                         if (self.checkpoint_every and (batch + 1) % self.checkpoint_every == 0
                                 and batch + 1 < self._n_batches):
                             self._save_state(epoch, batch + 1, perm, acc)
-                    improved, stop = self._close_epoch(epoch, acc, ctx, progress)
-                    if improved:
-                        best_state = ckpt.state_tensors(self.model)
+                    with self._averaged():  # validated, selected and saved: the weight average if any
+                        improved, stop = self._close_epoch(epoch, acc, ctx, progress)
+                        if improved:
+                            best_state = ckpt.state_tensors(self.model)
                     self._save_state(epoch + 1, 0, None, _fresh_acc())
                     if stop:
                         return "early_stopped", best_state
