@@ -29,11 +29,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import datetime as _dt  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
+import random  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -67,6 +70,8 @@ ROWS: dict[str, tuple[str, str, dict]] = {
                 {"recipe": "fast-at", "recipe_params": {"variant": "fgsm-rs"}}),
     "n-fgsm-lr0.2": ("armor", "fast-at n-fgsm, SGD cyclic lr peak 0.2",
                      {"recipe": "fast-at", "recipe_params": {"variant": "n-fgsm"}, "lr": 0.2}),
+    "fgsm-rs-ema": ("armor", "fast-at fgsm-rs, SGD cyclic lr peak 0.1, EMA of the weights (decay 0.999)",
+                    {"recipe": "fast-at", "recipe_params": {"variant": "fgsm-rs"}, "ema_decay": 0.999}),
     "n-fgsm-ema": ("armor", "fast-at n-fgsm, SGD cyclic lr peak 0.1, EMA of the weights (decay 0.999)",
                    {"recipe": "fast-at", "recipe_params": {"variant": "n-fgsm"}, "ema_decay": 0.999}),
     "n-fgsm-warmup": ("armor", "fast-at n-fgsm, SGD cyclic lr peak 0.1, eps curriculum over the first 2 epochs",
@@ -90,7 +95,11 @@ def fresh_model(train) -> nn.Module:
     return build_model(model_spec("small-cnn", train, mean=mean, std=std))
 
 
-def train_art(kind: str, train, model: nn.Module) -> None:
+def train_art(kind: str, train, model: nn.Module, deadline: Optional[float]) -> dict:
+    """Train with ART. Madry's run is 10 calls of ``fit(nb_epochs=1)`` (ART's adversarial trainer carries
+    nothing between epochs but the weights, the optimizer and the global RNGs), checkpointed after each epoch
+    in the cache, so a killed run resumes at its last epoch, and a ``deadline`` (epoch seconds) stops it at an
+    epoch boundary (a partial row). Returns the epochs done and the CPU/wall seconds of earlier sessions."""
     from art.defences.trainer import AdversarialTrainerFBFPyTorch, AdversarialTrainerMadryPGD
     from art.estimators.classification import PyTorchClassifier
 
@@ -102,15 +111,42 @@ def train_art(kind: str, train, model: nn.Module) -> None:
     clf = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), optimizer=opt, input_shape=(1, 28, 28),
                             nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
     np.random.seed(0)
-    if kind == "art-madry":
-        trainer = AdversarialTrainerMadryPGD(clf, nb_epochs=EPOCHS, batch_size=BATCH, eps=EPS,
-                                             eps_step=2.5 * EPS / 7, max_iter=7, num_random_init=1)
-        trainer.attack.set_params(batch_size=BATCH)  # ART's default is 32
-    else:
+    random.seed(0)
+    if kind != "art-madry":
         trainer = AdversarialTrainerFBFPyTorch(clf, eps=EPS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(x_np, y_np, nb_epochs=EPOCHS, batch_size=BATCH)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(x_np, y_np, nb_epochs=EPOCHS, batch_size=BATCH)
+        return {"epochs_done": EPOCHS, "earlier_cpu_s": 0.0, "earlier_wall_s": 0.0}
+    trainer = AdversarialTrainerMadryPGD(clf, nb_epochs=EPOCHS, batch_size=BATCH, eps=EPS,
+                                         eps_step=2.5 * EPS / 7, max_iter=7, num_random_init=1)
+    trainer.attack.set_params(batch_size=BATCH)  # ART's default is 32
+    state_path = CACHE / f"{kind}.state.pt"
+    done, earlier_cpu, earlier_wall = 0, 0.0, 0.0
+    if state_path.exists():
+        st = torch.load(state_path, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        np.random.set_state(st["np_rng"])
+        random.setstate(st["py_rng"])
+        torch.set_rng_state(st["torch_rng"])
+        done, earlier_cpu, earlier_wall = st["epochs_done"], st["cpu_s"], st["wall_s"]
+        print(f"{kind}: resuming after epoch {done} ({earlier_cpu:.0f} CPU s so far)", flush=True)
+    c0, w0 = time.process_time(), time.perf_counter()
+    while done < EPOCHS and (deadline is None or time.time() < deadline):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(x_np, y_np, nb_epochs=1, batch_size=BATCH)
+        done += 1
+        buf = io.BytesIO()
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "np_rng": np.random.get_state(),
+                    "py_rng": random.getstate(), "torch_rng": torch.get_rng_state(), "epochs_done": done,
+                    "cpu_s": earlier_cpu + time.process_time() - c0,
+                    "wall_s": earlier_wall + time.perf_counter() - w0}, buf)
+        atomic_write_bytes(state_path, buf.getvalue())
+        print(f"{kind}: epoch {done}/{EPOCHS} done, {earlier_cpu + time.process_time() - c0:.0f} CPU s "
+              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    return {"epochs_done": done, "earlier_cpu_s": earlier_cpu, "earlier_wall_s": earlier_wall}
 
 
 def train_armor(settings: dict, train, model: nn.Module) -> dict:
@@ -119,26 +155,25 @@ def train_armor(settings: dict, train, model: nn.Module) -> dict:
     if result.best_state:
         model.load_state_dict(result.best_state)
     h = result.history
-    return {"best_epoch": result.best_epoch, "n_train": h[0]["n"],
+    return {"epochs_done": EPOCHS, "earlier_cpu_s": 0.0, "earlier_wall_s": 0.0, "best_epoch": result.best_epoch, "n_train": h[0]["n"],
             "pass_ratio": sum(r["forward"] + r["backward"] for r in h) / (2 * sum(r["n"] for r in h)),
             "val_robust": [r.get("val_robust_acc") for r in h]}
 
 
-def run_row(name: str) -> dict:
+def run_row(name: str, deadline: Optional[float] = None) -> dict:
     framework, what, settings = ROWS[name]
     torch.set_num_threads(1)
     train, test = load_data()
     model = fresh_model(train)
     load0 = os.getloadavg()
     c0, w0 = time.process_time(), time.perf_counter()
-    extra = train_art(name, train, model) if framework == "ART" else train_armor(settings, train, model)
-    train_cpu, train_wall = time.process_time() - c0, time.perf_counter() - w0
+    CACHE.mkdir(parents=True, exist_ok=True)
+    extra = train_art(name, train, model, deadline) if framework == "ART" else train_armor(settings, train, model)
+    train_cpu = time.process_time() - c0 + extra.pop("earlier_cpu_s")
+    train_wall = time.perf_counter() - w0 + extra.pop("earlier_wall_s")
     load1 = os.getloadavg()
     print(f"{name}: trained in {train_cpu:.0f} CPU s, {train_wall:.0f} wall s (load {load0[0]:.1f} -> "
           f"{load1[0]:.1f})", flush=True)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    import io
-
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     atomic_write_bytes(CACHE / f"{name}.pt", buf.getvalue())
@@ -151,7 +186,8 @@ def run_row(name: str) -> dict:
            "eval_cpu_s": round(eval_cpu, 1), "eval_wall_s": round(eval_wall, 1),
            "load_train": [round(load0[0], 2), round(load1[0], 2)], "load_eval_end": round(os.getloadavg()[0], 2),
            "finished": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "torch": torch.__version__, "threads": torch.get_num_threads(), **(extra or {})}
+           "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "partial": extra["epochs_done"] < EPOCHS, **extra}
     atomic_write_json(CACHE / f"{name}.json", row)
     print(json.dumps(row), flush=True)
     return row
@@ -184,7 +220,8 @@ def report(write: bool) -> str:
         "|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for n, r in rows.items():
-        lines.append(f"| {r['framework']} {n} | {r['what']} | {r['train_cpu_s']:.0f} | {r['train_wall_s']:.0f} | "
+        part = f" **partial: {r['epochs_done']} of {EPOCHS} epochs**" if r.get("partial") else ""
+        lines.append(f"| {r['framework']} {n} | {r['what']}{part} | {r['train_cpu_s']:.0f} | {r['train_wall_s']:.0f} | "
                      f"{r['load_train'][0]:.1f}-{r['load_train'][1]:.1f} | {pct(r['clean'])} | {pct(r['robust'])} | "
                      f"{r['eval_cpu_s']:.0f} |")
     madry, fbf = rows.get("art-madry"), rows.get("art-fbf")
@@ -228,6 +265,8 @@ def main() -> None:
     sub.add_parser("list")
     r = sub.add_parser("run")
     r.add_argument("rows", nargs="+", choices=list(ROWS))
+    r.add_argument("--deadline", help="HH:MM UTC: ART Madry stops at the first epoch boundary after it and is "
+                   "evaluated as a partial row (rerun to resume)")
     rep = sub.add_parser("report")
     rep.add_argument("--no-write", action="store_true")
     args = p.parse_args()
@@ -236,8 +275,13 @@ def main() -> None:
             done = "done" if (CACHE / f"{n}.json").exists() else "-"
             print(f"{n:<16} {fw:<6} {done:<5} {what}")
     elif args.cmd == "run":
+        deadline = None
+        if args.deadline:
+            hh, mm = map(int, args.deadline.split(":"))
+            now = _dt.datetime.now(_dt.timezone.utc)
+            deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
         for n in args.rows:
-            run_row(n)
+            run_row(n, deadline)
     else:
         print(report(write=not args.no_write))
 
