@@ -30,19 +30,13 @@ ENV_PACKAGES: tuple[tuple[str, str, str], ...] = (
     ("armor/highway-", "highway_env", "pip install highway-env  (or: pip install 'armor[driving]')"),
 )
 
-#: Environments armor registers with gymnasium itself: highway-env tasks with another configuration, as
+#: Environments armor registers with gymnasium itself: highway-env tasks with another reward or configuration, as
 #: ``id -> (entry point, kwargs)``. ``armor/highway-drive-v0`` is ``highway-fast-v0`` with a reward under which
-#: driving pays and braking does not, on a road with half the vehicles. Why: highway-fast-v0 normalises its reward
-#: to [0, 1] with a crash at 0 (``normalize_reward``), so every step without a crash pays at least 1/1.5 of the
-#: maximum, at any speed; a car that keeps its lane at 25 m/s catches up with the traffic and crashes within about
-#: 12 steps (measured: IDLE crashed in 8 of 8 episodes, SLOWER in 0), so braking to 20 m/s is the best policy
-#: until the agent has learnt to overtake, and a small PPO budget stops there (the agent brakes on every
-#: observation). Here a step pays only for speed (0 at 20 m/s, 1 at 30 m/s), a crash costs 2 and ends the
-#: episode, and 10 vehicles instead of 20 halve the simulator's cost (the other vehicles' IDM models dominate it).
+#: driving fast pays, braking pays half and a crash costs 5 and ends the episode, on a road with 10 other vehicles
+#: instead of 20 (:mod:`armor.domains.agents.driving`: the reward, and the arithmetic over the horizon that orders
+#: fast > slow > crashing). The entry point is imported only once highway-env is known to be installed.
 ARMOR_ENVS: dict[str, tuple[str, dict[str, Any]]] = {
-    "armor/highway-drive-v0": ("highway_env.envs.highway_env:HighwayEnvFast", {"config": {
-        "vehicles_count": 10, "normalize_reward": False, "collision_reward": -2.0, "high_speed_reward": 1.0,
-        "right_lane_reward": 0.0, "lane_change_reward": 0.0, "reward_speed_range": [20, 30]}}),
+    "armor/highway-drive-v0": ("armor.domains.agents.driving:DrivingEnv", {}),
 }
 
 

@@ -1,0 +1,103 @@
+"""``armor/highway-drive-v0``: highway-env's highway-fast-v0 with a reward under which an agent learns to *drive*.
+
+Imported only through gymnasium's entry point (``envs.ARMOR_ENVS``), after :func:`envs.ensure_registered` has
+checked that highway-env is installed; nothing else in armor imports this module.
+
+**The reward.** Per step, with ``s`` the forward speed mapped from ``reward_speed_range`` ([20, 30] m/s) to
+[0, 1] and clipped, and ``a`` = ``alive_reward``:
+
+* alive (no crash): ``a + (1 - a) * s`` (times highway-env's on-road flag: 0 off the road);
+* crash: ``crash_reward`` (<= 0), and the episode ends, so a crash also forfeits the rest of the horizon.
+
+Why, by arithmetic over the horizon (``duration`` 30 s at one decision a second: T = 30 steps), with the
+defaults ``a`` = 0.5 and ``crash_reward`` = -5:
+
+* fast (30 m/s), no crash: 30 x 1 = **30**;
+* slow (20 m/s, braking), no crash: 30 x 0.5 = **15**;
+* fast and crashing at step k: (k - 1) x 1 - 5, below braking's 15 for every k <= 20 (a car that keeps its lane
+  at 25-30 m/s catches up with the traffic within about 12 steps), and below 30 always.
+
+So (fast, no crash) 30 > (slow, no crash) 15 > (fast, crash within 20 steps) <= 14. highway-fast-v0's own reward
+(normalised to [0, 1], crash at 0) pays every crash-free step at least 1/1.5 of the maximum whatever the speed,
+so braking earns 22 of 30 and small PPO budgets stop there; a reward that pays only for speed (``a`` = 0) makes
+crashing early nearly free (k x 1 - c, and the forfeited future is discounted away at gamma 0.8), and PPO
+learns to drive flat out into the traffic. With PPO's gamma 0.8 (highway-env's own setting) the agent sees
+about 1 / (1 - 0.8) = 5 steps ahead: a crash then costs the penalty plus the discounted alive pay it forfeits,
+0.5 / 0.2 = 2.5 at the least.
+
+The road has 10 other vehicles instead of 20: the other vehicles' IDM models are most of the simulator's cost
+(56 instead of 25 steps per CPU second, measured with ``bench/agents_highway.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from highway_env import utils
+from highway_env.envs.highway_env import HighwayEnvFast
+
+#: What armor's driving environment changes in highway-fast-v0's configuration.
+DRIVE_CONFIG: dict[str, Any] = {"vehicles_count": 10, "alive_reward": 0.5, "crash_reward": -5.0,
+                                "reward_speed_range": [20, 30]}
+
+
+def drive_reward(speed_term: float, crashed: bool, on_road: bool = True, alive_reward: float = 0.5,
+                 crash_reward: float = -5.0) -> float:
+    """The per-step reward of :class:`DrivingEnv` (see the module's docstring): ``crash_reward`` on a crash,
+    else ``(alive_reward + (1 - alive_reward) * speed_term) * on_road``, with ``speed_term`` in [0, 1]."""
+    if crashed:
+        return float(crash_reward)
+    return float((alive_reward + (1.0 - alive_reward) * speed_term) * float(on_road))
+
+
+def check_drive_config(config: dict[str, Any]) -> None:
+    """``ValueError`` naming the key and its allowed values when the reward's configuration is unusable."""
+    a = config.get("alive_reward")
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not (0.0 <= a <= 1.0):
+        raise ValueError(f"alive_reward must be a number in [0, 1] (the share of a step's pay that survival alone "
+                         f"earns; 0.5 by default), got {a!r}")
+    c = config.get("crash_reward")
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c > 0:
+        raise ValueError(f"crash_reward must be a finite number <= 0 (a crash may not pay; -5 by default), "
+                         f"got {c!r}")
+    r = config.get("reward_speed_range")
+    try:
+        lo, hi = (float(x) for x in r)
+        ok = math.isfinite(lo) and math.isfinite(hi) and lo < hi
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"reward_speed_range must be two finite speeds [low, high] in m/s with low < high "
+                         f"([20, 30] by default), got {r!r}")
+
+
+class DrivingEnv(HighwayEnvFast):
+    """highway-fast-v0 with :func:`drive_reward` and 10 other vehicles (:data:`DRIVE_CONFIG`)."""
+
+    @classmethod
+    def default_config(cls) -> dict:
+        config = super().default_config()
+        config.update(DRIVE_CONFIG)
+        return config
+
+    def configure(self, config: dict) -> None:
+        super().configure(config)
+        check_drive_config(self.config)
+
+    def _speed_term(self) -> float:
+        forward_speed = self.vehicle.speed * np.cos(self.vehicle.heading)
+        return float(np.clip(utils.lmap(forward_speed, self.config["reward_speed_range"], [0, 1]), 0.0, 1.0))
+
+    def _rewards(self, action: Any) -> dict[str, float]:
+        return {"speed_term": self._speed_term(), "crashed": float(self.vehicle.crashed),
+                "on_road": float(self.vehicle.on_road)}
+
+    def _reward(self, action: Any) -> float:
+        r = self._rewards(action)
+        return drive_reward(r["speed_term"], bool(r["crashed"]), bool(r["on_road"]), self.config["alive_reward"],
+                            self.config["crash_reward"])
+
+
+__all__ = ["DRIVE_CONFIG", "DrivingEnv", "check_drive_config", "drive_reward"]
