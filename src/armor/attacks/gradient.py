@@ -161,13 +161,14 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
 
 def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, loss_fn: LossFn,
               steps: int, rho: float, target: Optional[torch.Tensor], early_stop: bool,
-              generator: torch.Generator, l1_sparsity: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              generator: torch.Generator, l1_sparsity: float,
+              give_up: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One APGD run (Croce & Hein 2020, Alg. 1). Returns (x_adv, fooled, best_loss).
 
     Success is misclassification (as in AutoAttack, also for targeted losses). Fooled points are frozen at
     their first adversarial iterate when ``early_stop`` is set; the others return their highest-loss iterate.
-    The state of the points still moving is kept compacted (gathered again only when points are fooled and
-    leave), so a step costs one forward-backward pass plus elementwise work on those points.
+    The state of the points still moving is kept compacted (gathered again only when points leave), so a step
+    costs one forward-backward pass plus elementwise work on those points. ``give_up``: see :func:`apgd`.
     """
     n = x.shape[0]
     dev, dt = x.device, x.dtype
@@ -196,6 +197,11 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
     loss_best_at_check = loss_best.clone()
     reduced_at_check = torch.ones(pos.numel(), dtype=torch.bool, device=dev)  # no "no-improvement" cut at first
     x_old = xa.clone()
+    # give_up: each point's smallest margin (true logit minus the best other) so far, its value at the
+    # reference iteration (2% of the budget) or the last checkpoint, and at the random start.
+    ref_at = max(int(round(0.02 * steps)), 1)
+    margin_min = -margin_loss(logits[pos], yc) if give_up is not None else None
+    margin_ref, margin_start, ref_it = margin_min, margin_min, 0
 
     def proj(v: torch.Tensor) -> torch.Tensor:
         return threat.project(v, xc) if lo is None else torch.clamp(v, lo, hi)
@@ -223,7 +229,19 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
         grad_best = torch.where(rows(improved), grad, grad_best)
         loss_best = torch.where(improved, l, loss_best)
         since_check += 1
+        stop = None
+        if give_up is not None:
+            margin_min = torch.minimum(margin_min, -margin_loss(logits, yc))
+            if i + 1 == ref_at:
+                margin_ref, ref_it = margin_min, i + 1
         if since_check == period:
+            if give_up is not None and i + 1 > ref_it:
+                # Give up where the margin left is more than give_up times what the point would still lose at
+                # its rate since the reference for the rest of the budget, unless the point is already close
+                # (less than a tenth of its margin at the random start left).
+                rate = (margin_ref - margin_min).clamp_min(0) / (i + 1 - ref_it)
+                stop = ~fooled & (margin_min > give_up * rate * (steps - i - 1)) & (margin_min > 0.1 * margin_start)
+                margin_ref, ref_it = margin_min, i + 1
             # Halve the step where progress stalled: too few increases, or no cut and no new best since.
             cut = (n_increase <= rho * period) | (~reduced_at_check & (loss_best_at_check >= loss_best))
             reduced_at_check = cut
@@ -234,26 +252,36 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
             n_increase.zero_()
             since_check = 0
             period = max(period - period_decr, period_min)
-        if early_stop and newly.any():  # fooled points leave: write them out, compact the rest
-            out_x[pos[newly]] = first_adv[newly]
-            loss_out[pos[newly]] = loss_best[newly]
-            fooled_all[pos[newly]] = True
-            k = ~newly
+        leave = newly if early_stop else torch.zeros_like(newly)
+        if stop is not None:
+            leave = leave | stop
+        if leave.any():  # fooled (and given-up) points leave: write them out, compact the rest
+            out_x[pos[leave]] = torch.where(rows(fooled[leave]), first_adv[leave], x_best[leave])
+            loss_out[pos[leave]] = loss_best[leave]
+            fooled_all[pos[leave]] = fooled[leave]
+            k = ~leave
             pos, xc, yc, xa, grad, fooled, first_adv = pos[k], xc[k], yc[k], xa[k], grad[k], fooled[k], first_adv[k]
             x_best, grad_best, loss_best, loss_prev, eta = x_best[k], grad_best[k], loss_best[k], loss_prev[k], eta[k]
             n_increase, loss_best_at_check, reduced_at_check, x_old = (n_increase[k], loss_best_at_check[k],
                                                                         reduced_at_check[k], x_old[k])
             tc = None if tc is None else tc[k]
             lo, hi = (None, None) if lo is None else (lo[k], hi[k])
+            if give_up is not None:
+                margin_min, margin_ref, margin_start = margin_min[k], margin_ref[k], margin_start[k]
     out_x[pos] = torch.where(rows(fooled), first_adv, x_best)
     loss_out[pos] = loss_best
     fooled_all[pos] = fooled
     return out_x, fooled_all, loss_out
 
 
+def _check_give_up(give_up: Optional[float]) -> None:
+    if give_up is not None and not give_up > 0:
+        raise ValueError(f"give_up must be a positive number (or None to run every point for all steps), got {give_up}")
+
+
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, loss: str = "ce",
          steps: int = 100, restarts: int = 1, rho: float = 0.75, target: Optional[torch.Tensor] = None,
-         early_stop: bool = True, l1_sparsity: float = 0.05,
+         early_stop: bool = True, l1_sparsity: float = 0.05, give_up: Optional[float] = None,
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Auto-PGD (Croce & Hein 2020): step-size schedule with checkpoints, momentum 0.75, no tuning.
 
@@ -262,12 +290,21 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
             (100 in AutoAttack). restarts: random restarts, run only on points not yet fooled.
         rho: checkpoint threshold for the share of loss increases. target: target classes for a
             targeted loss. early_stop: freeze a sample at its first misclassification.
+        give_up: ``None`` (default) runs every point still correct for all ``steps``. A number ``k`` stops a
+            point at APGD's step-size checkpoints (22%, 41%, 57%, ... of ``steps``) when its smallest margin
+            so far (true logit minus the best other) is more than ``k`` times what it would still lose if it
+            kept losing margin at its rate since the previous checkpoint (the first: 2% of ``steps``) for the
+            rest of the run, and more than a tenth of its margin at the random start (a point that has come
+            that close keeps going). APGD's steps only shrink as the run goes on, so the linear extrapolation
+            already overestimates what is left; ``k`` is a further safety factor (bench/RESULTS.md, "Issue 13,
+            target 1", measures k = 8). A stopped point returns its highest-loss iterate, as at the end.
     Returns:
         ``x_adv``: for each sample its first adversarial iterate, or else its highest-loss iterate.
     """
     prepare(model, x, y, threat)
     if steps < 1 or restarts < 1:
         raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+    _check_give_up(give_up)
     loss_fn = get_loss(loss)
     out = x.clone()
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -279,7 +316,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
             if idx.numel() == 0:
                 break
             xr, fr, lr = _apgd_run(model, x[idx], y[idx], threat, loss_fn, steps, rho,
-                                   None if target is None else target[idx], early_stop, g, l1_sparsity)
+                                   None if target is None else target[idx], early_stop, g, l1_sparsity, give_up)
             take = fr | (lr > best_loss[idx])
             out[idx[take]] = xr[take]
             best_loss[idx[take]] = lr[take]
@@ -289,7 +326,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
 
 def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps: int = 100,
            n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75, loss: str = "dlr",
-           early_stop: bool = True, l1_sparsity: float = 0.05,
+           early_stop: bool = True, l1_sparsity: float = 0.05, give_up: Optional[float] = None,
            generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Targeted APGD (Croce & Hein 2020): APGD with the targeted DLR loss towards each of the top-k classes.
 
@@ -298,9 +335,11 @@ def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
 
     Arguments:
         n_target_classes: how many of the top classes to target (9 in AutoAttack standard; capped at
-            classes - 1). Other arguments as :func:`apgd`.
+            classes - 1). give_up: applies to each target's run on its own (a point given up on for one
+            target still runs the next). Other arguments as :func:`apgd`.
     """
     prepare(model, x, y, threat)
+    _check_give_up(give_up)
     loss_fn = get_loss(loss)
     out = x.clone()
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -315,7 +354,7 @@ def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
                     return out.detach()
                 target = targets[idx, rank]
                 xr, fr, lr = _apgd_run(model, x[idx], y[idx], threat, loss_fn, steps, rho, target, early_stop, g,
-                                       l1_sparsity)
+                                       l1_sparsity, give_up)
                 take = fr | (lr > best_loss[idx])
                 out[idx[take]] = xr[take]
                 best_loss[idx[take]] = lr[take]
