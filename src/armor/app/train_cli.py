@@ -117,6 +117,8 @@ HELP = {
     "val_fraction": "Share of the training data held out for robust validation.",
     "val_steps": "PGD steps of the per-epoch robust validation (0: clean only).",
     "patience": "Early stopping: epochs without a better validation score.",
+    "ema_decay": "Keep an exponential moving average of the weights with this decay (e.g. 0.999; against robust "
+                 "overfitting): the average is validated, saved and returned. Default: off.",
     "checkpoint_every": "Also save the resumable state every N batches.",
     "out": "Run directory.",
     "device": "cpu, cuda or auto.",
