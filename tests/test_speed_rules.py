@@ -94,3 +94,18 @@ def test_give_up_must_be_positive(model, digits, fn):
     _, _, x, y = digits
     with pytest.raises(ValueError, match="give_up"):
         fn(model, x[:4], y[:4], armor.ThreatModel("linf", 0.1), steps=5, give_up=0)
+
+
+def test_row_chunks_give_every_row_the_values_of_one_call(model, digits):
+    # FAB-T and FGSM-T expand a batch into rows (point x target) and take their gradients in chunks of
+    # ROW_CHUNK rows: an exact speed-up, so each row's loss, logits and gradient equal one call's, bit for bit.
+    from armor.attacks._core import ROW_CHUNK, loss_and_grad, loss_and_grad_rows, margin_loss
+
+    _, _, x, y = digits
+    rows = torch.arange(x.shape[0]).repeat(2)[: ROW_CHUNK * 2 + 37]
+    xr, yr = x[rows], y[rows]
+    target = (yr + 1 + rows % 3) % 10
+    for t in (None, target):
+        one = loss_and_grad(model, xr, yr, margin_loss, t)
+        chunked = loss_and_grad_rows(model, xr, yr, margin_loss, t)
+        assert all(torch.equal(a, b) for a, b in zip(one, chunked))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..threat import Norm, ThreatModel
-from ._core import attack_mode, check_logits, default_generator, loss_and_grad, margin_loss, prepare
+from ._core import ROW_CHUNK, attack_mode, check_logits, default_generator, loss_and_grad_rows, margin_loss, prepare
 from .gradient import top_targets
 
 
@@ -121,7 +121,7 @@ def _fab_rows(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, target: torch
         if idx.numel() == 0:
             break
         xi, yi, ti = x1[idx], y[idx], target[idx]
-        df, logits, dg = loss_and_grad(model, xi, yi, margin_loss, ti)
+        df, logits, dg = loss_and_grad_rows(model, xi, yi, margin_loss, ti)
         if it == 0:
             check_logits(logits, yi)
         adv = logits.argmax(1) != yi
@@ -134,7 +134,7 @@ def _fab_rows(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, target: torch
                 keep = ~point_done[owner[idx]]
                 idx, xi, yi, ti, df, dg, adv = idx[keep], xi[keep], yi[keep], ti[keep], df[keep], dg[keep], adv[keep]
             if adv.any():
-                df_b, _, dg_b = loss_and_grad(model, xi[adv], yi[adv], margin_loss, ti[adv])
+                df_b, _, dg_b = loss_and_grad_rows(model, xi[adv], yi[adv], margin_loss, ti[adv])
                 df, dg = df.clone(), dg.clone()
                 df[adv], dg[adv] = df_b, dg_b
         if it == steps or idx.numel() == 0:
@@ -145,9 +145,11 @@ def _fab_rows(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, target: torch
         lo_f, hi_f = _rows(lo[idx]), _rows(hi[idx])
         c_iter = -df  # <w, d> needed from xi
         c_clean = c_iter + (w * (xf - x0f)).sum(1)  # from the clean point to the same hyperplane
-        d = hyperplane_step(torch.cat([xf, x0f]), torch.cat([w, w]), torch.cat([c_iter, c_clean]),
-                            torch.cat([lo_f, lo_f]), torch.cat([hi_f, hi_f]), norm)
-        d1, d2 = d[:idx.numel()], d[idx.numel():]
+        # Both projections, in chunks of rows (row by row the same result; sorting rows that fit the caches
+        # is about 1.5x faster per row).
+        d1, d2 = (torch.cat([hyperplane_step(p[i:i + ROW_CHUNK], w[i:i + ROW_CHUNK], c[i:i + ROW_CHUNK],
+                                             lo_f[i:i + ROW_CHUNK], hi_f[i:i + ROW_CHUNK], norm)
+                             for i in range(0, p.shape[0], ROW_CHUNK)]) for p, c in ((xf, c_iter), (x0f, c_clean)))
         a1 = _size(d1, norm).clamp_min(1e-8)
         a2 = _size(d2, norm).clamp_min(1e-8)
         alpha = (a1 / (a1 + a2)).clamp(0, alpha_max)[:, None]

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..threat import ThreatModel
 from ._core import (LossFn, attack_mode, check_logits, default_generator, get_loss, is_fooled, loss_and_grad,
-                    margin_loss, prepare)
+                    loss_and_grad_rows, margin_loss, prepare)
 
 
 def _projector(threat: ThreatModel, x: torch.Tensor):
@@ -65,7 +65,7 @@ def fgsm_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
         k = targets.shape[1]
         rows = torch.arange(n, device=x.device).repeat_interleave(k)
         xr, yr, tr = x[rows], y[rows], targets.reshape(-1)
-        _, _, grad = loss_and_grad(model, xr, yr, margin_loss, tr)
+        _, _, grad = loss_and_grad_rows(model, xr, yr, margin_loss, tr)
         x_adv = threat.project(threat.step(xr, grad, threat.eps_scalar), xr)
         with torch.no_grad():
             logits = model(x_adv)
