@@ -232,12 +232,14 @@ def report(write: bool) -> str:
         f"per-sample worst case) on the first {N_TEST} test images. CPU s = the training process's CPU time "
         f"(`time.process_time()`), the primary cost on this shared machine; wall s beside it.",
         "",
-        "| row | method | train CPU s | train wall s | load | clean | robust (standard) | eval CPU s |",
-        "|---|---|---:|---:|---|---:|---:|---:|",
+        "| row | method | weights | train CPU s | train wall s | load | clean | robust (standard) | eval CPU s |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for n, r in rows.items():
         part = f" **partial: {r['epochs_done']} of {EPOCHS} epochs**" if r.get("partial") else ""
-        lines.append(f"| {r['framework']} {n} | {r['what']}{part} | {r['train_cpu_s']:.0f} | {r['train_wall_s']:.0f} | "
+        weights = (f"best by validation (epoch {r['best_epoch']})" if r.get("val_robust") and r["val_robust"][0]
+                   is not None else "last") + (" average" if r["settings"].get("ema_decay") else "")
+        lines.append(f"| {r['framework']} {n} | {r['what']}{part} | {weights} | {r['train_cpu_s']:.0f} | {r['train_wall_s']:.0f} | "
                      f"{r['load_train'][0]:.1f}-{r['load_train'][1]:.1f} | {pct(r['clean'])} | {pct(r['robust'])} | "
                      f"{r['eval_cpu_s']:.0f} |")
     madry, fbf = rows.get("art-madry"), rows.get("art-fbf")
