@@ -10,20 +10,26 @@ checked that highway-env is installed; nothing else in armor imports this module
 * crash: ``crash_reward`` (<= 0), and the episode ends, so a crash also forfeits the rest of the horizon.
 
 Why, by arithmetic over the horizon (``duration`` 30 s at one decision a second: T = 30 steps), with the
-defaults ``a`` = 0.5 and ``crash_reward`` = -5:
+defaults ``a`` = 0.2 and ``crash_reward`` = -3:
 
 * fast (30 m/s), no crash: 30 x 1 = **30**;
-* slow (20 m/s, braking), no crash: 30 x 0.5 = **15**;
-* fast and crashing at step k: (k - 1) x 1 - 5, below braking's 15 for every k <= 20 (a car that keeps its lane
-  at 25-30 m/s catches up with the traffic within about 12 steps), and below 30 always.
+* slow (20 m/s, braking), no crash: 30 x 0.2 = **6**;
+* fast and crashing at step k: (k - 1) x 1 - 3 = k - 4, below braking's 6 for every k <= 9, and below 30 always.
+  Holding FASTER on this road crashes at steps 2-15 (median 7.5; 8 seeded episodes), holding IDLE (25 m/s) at
+  steps 6-28 in 7 of 8.
 
-So (fast, no crash) 30 > (slow, no crash) 15 > (fast, crash within 20 steps) <= 14. highway-fast-v0's own reward
-(normalised to [0, 1], crash at 0) pays every crash-free step at least 1/1.5 of the maximum whatever the speed,
-so braking earns 22 of 30 and small PPO budgets stop there; a reward that pays only for speed (``a`` = 0) makes
-crashing early nearly free (k x 1 - c, and the forfeited future is discounted away at gamma 0.8), and PPO
-learns to drive flat out into the traffic. With PPO's gamma 0.8 (highway-env's own setting) the agent sees
-about 1 / (1 - 0.8) = 5 steps ahead: a crash then costs the penalty plus the discounted alive pay it forfeits,
-0.5 / 0.2 = 2.5 at the least.
+So (fast, no crash) 30 > (slow, no crash) 6 > (fast, crashing within 9 steps) <= 5; a scripted overtaking rule
+(FASTER while the lane ahead is free for 40 m, else move to a freer lane, else SLOWER) earns 19.8 (25.7 m/s, no
+crash in 8 episodes). PPO optimises the *discounted* return, and there the order must hold too: with gamma 0.9
+(``train.DEFAULT_PPO``), mean over the same 8 episodes, braking 1.97, flat out 2.99, the overtaking rule 7.49.
+
+highway-fast-v0's own reward (normalised to [0, 1], crash at 0) pays every crash-free step at least 1/1.5 of the
+maximum whatever the speed, so braking earns 22 of 30 and small PPO budgets stop there. Two corners trap PPO,
+measured with seeded 8-episode probes (bench/RESULTS.md, Agents -> Driving): with ``a`` = 0.5, crash -5 and
+gamma 0.8 it braked on every observation from 2k to 16k steps (a braking car falls behind the traffic and never
+meets a car it could learn to overtake); with ``a`` = 0.2, crash -3 and gamma 0.8 it held FASTER and crashed in 8
+of 8 episodes up to 12k steps (at gamma 0.8 a crash 8 steps ahead weighs 0.8^7 = 0.2). With gamma 0.9 the same
+reward left braking after 4k steps and drove at ~25 m/s, changing lanes to pass.
 
 The road has 10 other vehicles instead of 20: the other vehicles' IDM models are most of the simulator's cost
 (56 instead of 25 steps per CPU second, measured with ``bench/agents_highway.py``).
@@ -39,12 +45,12 @@ from highway_env import utils
 from highway_env.envs.highway_env import HighwayEnvFast
 
 #: What armor's driving environment changes in highway-fast-v0's configuration.
-DRIVE_CONFIG: dict[str, Any] = {"vehicles_count": 10, "alive_reward": 0.5, "crash_reward": -5.0,
+DRIVE_CONFIG: dict[str, Any] = {"vehicles_count": 10, "alive_reward": 0.2, "crash_reward": -3.0,
                                 "reward_speed_range": [20, 30]}
 
 
-def drive_reward(speed_term: float, crashed: bool, on_road: bool = True, alive_reward: float = 0.5,
-                 crash_reward: float = -5.0) -> float:
+def drive_reward(speed_term: float, crashed: bool, on_road: bool = True, alive_reward: float = 0.2,
+                 crash_reward: float = -3.0) -> float:
     """The per-step reward of :class:`DrivingEnv` (see the module's docstring): ``crash_reward`` on a crash,
     else ``(alive_reward + (1 - alive_reward) * speed_term) * on_road``, with ``speed_term`` in [0, 1]."""
     if crashed:
@@ -57,10 +63,10 @@ def check_drive_config(config: dict[str, Any]) -> None:
     a = config.get("alive_reward")
     if isinstance(a, bool) or not isinstance(a, (int, float)) or not (0.0 <= a <= 1.0):
         raise ValueError(f"alive_reward must be a number in [0, 1] (the share of a step's pay that survival alone "
-                         f"earns; 0.5 by default), got {a!r}")
+                         f"earns; 0.2 by default), got {a!r}")
     c = config.get("crash_reward")
     if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c > 0:
-        raise ValueError(f"crash_reward must be a finite number <= 0 (a crash may not pay; -5 by default), "
+        raise ValueError(f"crash_reward must be a finite number <= 0 (a crash may not pay; -3 by default), "
                          f"got {c!r}")
     r = config.get("reward_speed_range")
     try:

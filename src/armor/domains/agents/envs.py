@@ -32,7 +32,7 @@ ENV_PACKAGES: tuple[tuple[str, str, str], ...] = (
 
 #: Environments armor registers with gymnasium itself: highway-env tasks with another reward or configuration, as
 #: ``id -> (entry point, kwargs)``. ``armor/highway-drive-v0`` is ``highway-fast-v0`` with a reward under which
-#: driving fast pays, braking pays half and a crash costs 5 and ends the episode, on a road with 10 other vehicles
+#: driving fast pays 1 a step, braking 0.2, and a crash costs 3 and ends the episode, on a road with 10 other vehicles
 #: instead of 20 (:mod:`armor.domains.agents.driving`: the reward, and the arithmetic over the horizon that orders
 #: fast > slow > crashing). The entry point is imported only once highway-env is known to be installed.
 ARMOR_ENVS: dict[str, tuple[str, dict[str, Any]]] = {
