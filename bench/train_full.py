@@ -84,10 +84,14 @@ ROWS: dict[str, tuple[str, str, dict]] = {
                            "ema_decay": 0.999}),
     "fgsm-rs-lr0.2": ("armor", "fast-at fgsm-rs, SGD cyclic lr peak 0.2",
                       {"recipe": "fast-at", "recipe_params": {"variant": "fgsm-rs"}, "lr": 0.2}),
-    "fgsm-rs-lr0.2-ema-eps0.125": ("armor", "fast-at fgsm-rs, SGD cyclic lr peak 0.2, EMA 0.999, trained at "
-                                   "eps 0.125 (evaluated at 0.1 as every row)",
-                                   {"recipe": "fast-at", "recipe_params": {"variant": "fgsm-rs"}, "lr": 0.2,
-                                    "ema_decay": 0.999, "train_eps": 0.125}),
+    "fgsm-rs-ema-eps0.125": ("armor", "fast-at fgsm-rs, SGD cyclic lr peak 0.1, EMA 0.999, trained at eps 0.125 "
+                             "(evaluated at 0.1 as every row)",
+                             {"recipe": "fast-at", "recipe_params": {"variant": "fgsm-rs"}, "ema_decay": 0.999,
+                              "train_eps": 0.125}),
+    "fgsm-rs-ema-warmup": ("armor", "fast-at fgsm-rs, SGD cyclic lr peak 0.1, EMA 0.999, eps curriculum (linear "
+                           "from 0 over the first 3 epochs)",
+                           {"recipe": "fast-at", "recipe_params": {"variant": "fgsm-rs"}, "ema_decay": 0.999,
+                            "eps_warmup": 3}),
     "n-fgsm-lr0.2-ema": ("armor", "fast-at n-fgsm, SGD cyclic lr peak 0.2, EMA 0.999",
                          {"recipe": "fast-at", "recipe_params": {"variant": "n-fgsm"}, "lr": 0.2,
                           "ema_decay": 0.999}),
