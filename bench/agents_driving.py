@@ -10,7 +10,17 @@ lane changes. Prints one table row per agent (and a markdown row for bench/RESUL
 OUT/results.json. One torch thread; ``uptime`` before and after every agent; process CPU time beside wall time.
 
 ``armor/highway-drive-v0`` is highway-fast-v0 with a reward under which driving pays (see
-:data:`armor.domains.agents.envs.ARMOR_ENVS`); ``--env highway-fast-v0`` measures the braking agent beside it.
+:mod:`armor.domains.agents.driving`); ``--env highway-fast-v0`` measures the braking agent beside it.
+
+Two more modes, for choosing the reward and PPO's settings:
+
+* ``--scripted``: constant SLOWER / IDLE / FASTER and a scripted overtaking rule (FASTER while the lane ahead is
+  free for 40 m, else the freer neighbouring lane, else SLOWER) on ``--episodes`` seeded episodes (seeds 1000,
+  ...): crashes, crash steps, mean speed, and the mean return undiscounted and discounted at 0.8 / 0.9 / 0.95,
+  for the reward weights ``--alive`` / ``--crash``.
+* ``--probe``: plain SB3 PPO (the env id's ``train.DEFAULT_PPO`` settings, ``--gamma`` / ``--ent`` over them) on
+  the reward ``--alive`` / ``--crash``, and after every ``--chunk`` steps the deterministic agent on
+  ``--episodes`` seeded episodes (seeds 1000, ...): mean return, crashes, mean speed, action shares.
 """
 
 from __future__ import annotations
@@ -64,6 +74,114 @@ def clean_driving(adapter, env_id: str, episodes: int, seed: int) -> dict:
             "crashed": crashed, "episodes": episodes, "lane_changes_per_episode": lane_changes / episodes}
 
 
+ACTIONS = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")
+
+
+def _drive_env(alive: float, crash: float):
+    import gymnasium as gym
+
+    from armor.domains.agents.envs import ensure_registered
+
+    ensure_registered("armor/highway-drive-v0")
+    return gym.make("armor/highway-drive-v0", config={"alive_reward": alive, "crash_reward": crash})
+
+
+def overtaking_rule(env, free: float = 40.0) -> int:
+    """FASTER while the own lane is free for ``free`` m ahead; else the neighbouring lane with the most room ahead
+    (at least 10 m more than here, 10 m free behind, 0.7 x ``free`` ahead); else SLOWER."""
+    u = env.unwrapped
+    ego = u.vehicle
+
+    def gaps(lane: int) -> tuple[float, float]:
+        ahead = behind = float("inf")
+        for v in u.road.vehicles:
+            if v is not ego and v.lane_index[2] == lane:
+                dx = float(v.position[0] - ego.position[0])
+                ahead, behind = (min(ahead, dx), behind) if dx >= 0 else (ahead, min(behind, -dx))
+        return ahead, behind
+
+    lane = ego.lane_index[2]
+    here = gaps(lane)[0]
+    if here > free:
+        return 3
+    best, room = 4, here + 10
+    for step, action in ((-1, 0), (1, 2)):
+        if 0 <= lane + step < u.config["lanes_count"]:
+            ahead, behind = gaps(lane + step)
+            if ahead > room and behind > 10 and ahead > 0.7 * free:
+                best, room = action, ahead
+    return best
+
+
+def scripted(args) -> None:
+    env = _drive_env(args.alive, args.crash)
+    policies = {"SLOWER": lambda: 4, "IDLE": lambda: 1, "FASTER": lambda: 3,
+                "overtaking rule": lambda: overtaking_rule(env)}
+    for name, policy in policies.items():
+        rewards, crash_steps, speeds = [], [], []
+        for i in range(args.episodes):
+            env.reset(seed=1000 + i)
+            rs = []
+            while True:
+                _, r, term, trunc, info = env.step(policy())
+                rs.append(r)
+                speeds.append(info["speed"])
+                if term or trunc:
+                    if info["crashed"]:
+                        crash_steps.append(len(rs))
+                    break
+            rewards.append(rs)
+        disc = {g: np.mean([sum(g ** t * r for t, r in enumerate(rs)) for rs in rewards]) for g in (0.8, 0.9, 0.95)}
+        print(f"{name}: return {np.mean([sum(rs) for rs in rewards]):.2f}, discounted "
+              + ", ".join(f"{g}: {v:.2f}" for g, v in disc.items())
+              + f"; crashes {len(crash_steps)}/{args.episodes} at steps {sorted(crash_steps)}, "
+              f"mean speed {np.mean(speeds):.1f} m/s", flush=True)
+    env.close()
+
+
+def probe(args) -> None:
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from armor.domains.agents.envs import ensure_registered
+    from armor.domains.agents.train import DEFAULT_PPO
+
+    ensure_registered("armor/highway-drive-v0")
+    probe_id = "ArmorDriveProbe-v0"
+    gym.register(id=probe_id, entry_point="armor.domains.agents.driving:DrivingEnv",
+                 kwargs={"config": {"alive_reward": args.alive, "crash_reward": args.crash}})
+    settings = dict(DEFAULT_PPO["armor/highway-drive-v0"])
+    settings.update({k: v for k, v in (("gamma", args.gamma), ("ent_coef", args.ent)) if v is not None})
+    n_envs = settings.pop("n_envs")
+    seed = int(args.seeds.split(",")[0])
+    model = PPO("MlpPolicy", make_vec_env(probe_id, n_envs=n_envs, seed=seed), seed=seed, device="cpu", **settings)
+    env = gym.make(probe_id)
+    print(f"probe a {args.alive} crash {args.crash} {settings}; {uptime()}", flush=True)
+    c0, t0 = cpu(), time.perf_counter()
+    while model.num_timesteps < args.steps:
+        model.learn(args.chunk, reset_num_timesteps=False)
+        returns, crashes, speeds, actions = [], 0, [], []
+        for i in range(args.episodes):
+            obs, _ = env.reset(seed=1000 + i)
+            total = 0.0
+            while True:
+                a, _ = model.predict(obs, deterministic=True)
+                obs, r, term, trunc, info = env.step(int(a))
+                total += r
+                speeds.append(info["speed"])
+                actions.append(int(a))
+                if term or trunc:
+                    crashes += bool(info["crashed"])
+                    break
+            returns.append(total)
+        shares = np.bincount(actions, minlength=5) / len(actions)
+        print(f"{model.num_timesteps} steps: return {np.mean(returns):.2f}, crashes {crashes}/{args.episodes}, "
+              f"speed {np.mean(speeds):.1f} m/s, " + " ".join(f"{n} {100 * x:.0f}%" for n, x in zip(ACTIONS, shares))
+              + f"; {cpu() - c0:.0f} s CPU, {time.perf_counter() - t0:.0f} s wall", flush=True)
+    print("uptime after:", uptime(), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--env", default="armor/highway-drive-v0")
@@ -71,11 +189,22 @@ def main() -> None:
     ap.add_argument("--recipes", default="vanilla,sa-ppo")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--eps", type=float, default=0.2)
-    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--episodes", type=int, default=None, help="default 10 (8 with --scripted / --probe)")
     ap.add_argument("--suite", default="random,critic,mad,rs")
     ap.add_argument("--out", default="/tmp/agents/drive")
+    ap.add_argument("--scripted", action="store_true", help="scripted policies' returns (see the docstring)")
+    ap.add_argument("--probe", action="store_true", help="a PPO learning curve on a reward (see the docstring)")
+    ap.add_argument("--alive", type=float, default=0.2, help="--scripted / --probe: the reward's alive_reward")
+    ap.add_argument("--crash", type=float, default=-3.0, help="--scripted / --probe: the reward's crash_reward")
+    ap.add_argument("--gamma", type=float, default=None, help="--probe: PPO's gamma (default: DEFAULT_PPO's)")
+    ap.add_argument("--ent", type=float, default=None, help="--probe: PPO's ent_coef (default: DEFAULT_PPO's)")
+    ap.add_argument("--chunk", type=int, default=2048, help="--probe: steps between evaluations")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.scripted or args.probe:
+        args.episodes = args.episodes or 8
+        return scripted(args) if args.scripted else probe(args)
+    args.episodes = args.episodes or 10
     from armor.domains.agents.envs import env_threat
     from armor.domains.agents.threat import raw_eps
     from armor.domains.agents.evaluate import evaluate_agent
@@ -115,7 +244,8 @@ def main() -> None:
                   f"{row['eval_cpu']:.0f}s CPU; {row['uptime']}", flush=True)
             pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"  # noqa: E731
             print(f"| {recipe} | {seed} | {drive['mean_speed']:.1f} | {100 * drive['actions']['FASTER']:.0f}% | "
-                  f"{drive['lane_changes_per_episode']:.1f} | {s['clean']['median']:.1f} | {s['worst']['median']:.1f} | "
+                  f"{drive['lane_changes_per_episode']:.1f} | {s['clean']['median']:.1f} | "
+                  f"{s['worst']['median']:.1f} | "
                   f"{pct(s['clean'].get('failure_share'))} | "
                   + " | ".join(pct(crash.get(a)) for a in suite)
                   + f" | {pct(s['worst'].get('failure_share'))} | "
