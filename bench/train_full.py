@@ -100,6 +100,8 @@ ROWS: dict[str, tuple[str, str, dict]] = {
                                    "validation and the cheaper epoch buy within ART FBF's CPU time)",
                                    {"recipe": "fast-at", "recipe_params": {"variant": "n-fgsm"}, "lr": 0.2,
                                     "ema_decay": 0.999, "val_fraction": 0.0, "epochs": 11}),
+    "n-fgsm-lr0.2": ("armor", "fast-at n-fgsm, SGD cyclic lr peak 0.2",
+                     {"recipe": "fast-at", "recipe_params": {"variant": "n-fgsm"}, "lr": 0.2}),
     "n-fgsm-ema": ("armor", "fast-at n-fgsm, SGD cyclic lr peak 0.1, EMA of the weights (decay 0.999)",
                    {"recipe": "fast-at", "recipe_params": {"variant": "n-fgsm"}, "ema_decay": 0.999}),
     "n-fgsm-warmup": ("armor", "fast-at n-fgsm, SGD cyclic lr peak 0.1, eps curriculum over the first 2 epochs",
