@@ -21,7 +21,8 @@ defaults ``a`` = 0.2 and ``crash_reward`` = -3:
 So (fast, no crash) 30 > (slow, no crash) 6 > (fast, crashing within 9 steps) <= 5; a scripted overtaking rule
 (FASTER while the lane ahead is free for 40 m, else move to a freer lane, else SLOWER) earns 19.8 (25.7 m/s, no
 crash in 8 episodes). PPO optimises the *discounted* return, and there the order must hold too: with gamma 0.9
-(``train.DEFAULT_PPO``), mean over the same 8 episodes, braking 1.97, flat out 2.99, the overtaking rule 7.49.
+(``train.DEFAULT_PPO``), mean over the same 8 episodes, braking 1.97, flat out 2.99, IDLE 4.04, the
+overtaking rule 7.49 (``bench/agents_driving.py --scripted``).
 
 highway-fast-v0's own reward (normalised to [0, 1], crash at 0) pays every crash-free step at least 1/1.5 of the
 maximum whatever the speed, so braking earns 22 of 30 and small PPO budgets stop there. Two corners trap PPO,
@@ -29,10 +30,12 @@ measured with seeded 8-episode probes (bench/RESULTS.md, Agents -> Driving): wit
 gamma 0.8 it braked on every observation from 2k to 16k steps (a braking car falls behind the traffic and never
 meets a car it could learn to overtake); with ``a`` = 0.2, crash -3 and gamma 0.8 it held FASTER and crashed in 8
 of 8 episodes up to 12k steps (at gamma 0.8 a crash 8 steps ahead weighs 0.8^7 = 0.2). With gamma 0.9 the same
-reward left braking after 4k steps and drove at ~25 m/s, changing lanes to pass.
+reward left braking after about 4k steps for 24-25 m/s with lane changes, but it still crashed in 2-7 of 8
+episodes, and the 20480-step agents of ``bench/agents_driving.py`` crash in most episodes: this reward and
+budget give an agent that drives, not yet one that avoids the traffic (the scripted rule shows one exists).
 
 The road has 10 other vehicles instead of 20: the other vehicles' IDM models are most of the simulator's cost
-(56 instead of 25 steps per CPU second, measured with ``bench/agents_highway.py``).
+(56 instead of 25 steps per CPU second with constant IDLE; bench/RESULTS.md, Agents -> Driving).
 """
 
 from __future__ import annotations
