@@ -102,6 +102,10 @@ ROWS: dict[str, tuple[str, str, dict]] = {
                                     "ema_decay": 0.999, "val_fraction": 0.0, "epochs": 11}),
     "n-fgsm-lr0.2": ("armor", "fast-at n-fgsm, SGD cyclic lr peak 0.2",
                      {"recipe": "fast-at", "recipe_params": {"variant": "n-fgsm"}, "lr": 0.2}),
+    "fgsm-rs-ema-eps0.125-warmup": ("armor", "fast-at fgsm-rs, SGD cyclic lr peak 0.1, EMA 0.999, trained at eps "
+                                    "0.125 with an eps curriculum (linear from 0 over the first 3 epochs)",
+                                    {"recipe": "fast-at", "recipe_params": {"variant": "fgsm-rs"},
+                                     "ema_decay": 0.999, "train_eps": 0.125, "eps_warmup": 3}),
     "n-fgsm-ema": ("armor", "fast-at n-fgsm, SGD cyclic lr peak 0.1, EMA of the weights (decay 0.999)",
                    {"recipe": "fast-at", "recipe_params": {"variant": "n-fgsm"}, "ema_decay": 0.999}),
     "n-fgsm-warmup": ("armor", "fast-at n-fgsm, SGD cyclic lr peak 0.1, eps curriculum over the first 2 epochs",
