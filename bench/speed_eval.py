@@ -10,8 +10,11 @@ Models (bench/common.py, cached): the small CNN of Wong et al. 2020 trained on 2
 epochs with PGD-7 adversarial training (Madry et al.; written out in common.py, no armor code) and with FGSM
 with random start (the fast recipe). linf eps 0.1, seed 0, one torch thread per run.
 
-Every run is its own subprocess (`--worker armor|autoattack`) so that each side's CPU time is its own
-(`time.process_time()` of the worker); `--armor-src DIR` runs an older armor (e.g. `git archive` of a
+Sides: `armor` (the standard suite as registered), `armor-proposed` (the same with PROPOSED's attack_kwargs: a
+change measured before it becomes the default; now APGD-T's give_up=8), `autoattack` (the original). Every run
+is its own subprocess (`--worker armor|armor-proposed|autoattack`) so that each side's CPU time is its own
+(`time.process_time()` of the worker; per attack too: armor's registered attack functions are wrapped with a
+CPU timer inside the worker); `--armor-src DIR` runs an older armor (e.g. `git archive` of a
 commit) as a third side, "armor-before", once per model after the A B B A block. `uptime` is recorded before
 and after every run. Prints the tables (markdown) and writes every run to --out (JSON lines).
 """
