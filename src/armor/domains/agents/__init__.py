@@ -116,8 +116,8 @@ DOMAIN = Domain(
                "CartPole-v1: vanilla PPO vs SA-PPO vs attacked-observation training, returns under random, "
                "critic, MAD and Robust Sarsa attacks (about 4 CPU-minutes)")),
            "driving": lazy("armor.domains.agents.demo:run_demo", "driving", description=(
-               "highway-fast-v0 (pip install 'armor[driving]'): vanilla PPO vs SA-PPO, crash rate clean and "
-               "under attack (about 7 minutes)"))},
+               "armor/highway-drive-v0 (highway-fast-v0 with a reward under which driving pays; pip install "
+               "'armor[driving]'): vanilla PPO vs SA-PPO, crash rate clean and under attack (about 5 CPU-minutes)"))},
     workflow=WORKFLOW,
 )
 
