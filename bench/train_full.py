@@ -276,6 +276,9 @@ def notes(rows: dict) -> list[str]:
         if has(a, b):
             out.append(f"- {what}: {rb(b)} robust / {pct(rows[b]['clean'])} clean ({b}) vs {rb(a)} / "
                        f"{pct(rows[a]['clean'])} ({a}).")
+    n_armor = sum(r["framework"] == "armor" for r in rows.values())
+    out.append(f"- The target's \"best armor row\" is the best of {n_armor} armor rows on the same 1000 test points, "
+               f"a choice that flatters it by up to the spread above; ART's two rows were run once each.")
     if has("n-fgsm-lr0.2-ema", "n-fgsm-lr0.2-ema-noval-e11"):
         out.append(f"- Spending the time saved (no validation, armor's cheaper epoch) on an 11th epoch: "
                    f"{rb('n-fgsm-lr0.2-ema-noval-e11')} vs {rb('n-fgsm-lr0.2-ema')} in 10 epochs with validation.")
