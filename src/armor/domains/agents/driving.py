@@ -31,8 +31,9 @@ gamma 0.8 it braked on every observation from 2k to 16k steps (a braking car fal
 meets a car it could learn to overtake); with ``a`` = 0.2, crash -3 and gamma 0.8 it held FASTER and crashed in 8
 of 8 episodes up to 12k steps (at gamma 0.8 a crash 8 steps ahead weighs 0.8^7 = 0.2). With gamma 0.9 the same
 reward left braking after about 4k steps for 24-25 m/s with lane changes, but it still crashed in 2-7 of 8
-episodes, and the 20480-step agents of ``bench/agents_driving.py`` crash in most episodes: this reward and
-budget give an agent that drives, not yet one that avoids the traffic (the scripted rule shows one exists).
+episodes (also at 40960 steps), and the 20480-step agents of ``bench/agents_driving.py`` crash in most episodes:
+this reward gives PPO an agent that drives, not yet one that avoids the traffic (the scripted rule shows one
+exists).
 
 The road has 10 other vehicles instead of 20: the other vehicles' IDM models are most of the simulator's cost
 (56 instead of 25 steps per CPU second with constant IDLE; bench/RESULTS.md, Agents -> Driving).
