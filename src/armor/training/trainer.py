@@ -131,16 +131,16 @@ class _Dist:
         return out
 
 
-def _setup_distributed() -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+def _setup_distributed(device: Optional[torch.device]) -> _Dist:
+    """Join torchrun's process group (:func:`armor.shard.init_from_env`: nccl for cuda, gloo otherwise) for the
+    trainer's ``device``; ``None`` picks cuda when there is one, as :meth:`Trainer._prepare` does."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _Dist()
     import torch.distributed as dist
 
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        created = True
+    from ..shard import init_from_env
+
+    created = init_from_env(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     return _Dist(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), created)
 
 
@@ -380,7 +380,7 @@ class Trainer:
             A :class:`TrainResult`. Raises :class:`NonFiniteLossError` (after keeping the last good
             checkpoint) if the loss diverges, and ``ValueError`` for a resume that does not match the run.
         """
-        self._dist = _setup_distributed()
+        self._dist = _setup_distributed(self.device)
         self._counter = PassCounter()
         try:
             return self._fit()
