@@ -180,6 +180,29 @@ def test_a_resumed_eot_escalation_is_identical(digits_model, digits, tmp_path):
     assert 0 < full.robust_accuracy < 1 and full.result.score.unique().numel() > 2  # expectations, not 0/1
 
 
+def test_escalations_give_apgd_t_its_whole_budget_unless_told(monkeypatch, digits_model, digits):
+    """The suite's APGD-T gives up on hopeless points; on a flagged model the escalation runs it in full."""
+    import armor.adaptive as adaptive
+
+    class _Plan(Exception):
+        pass
+
+    def capture(*a, **k):
+        raise _Plan(k["attacks"])
+
+    monkeypatch.setattr(adaptive, "evaluate", capture)
+    _, _, x, y = digits
+    model = nn.Sequential(RandomShiftNoise(), digits_model).eval()
+    kw = dict(draws=2, score_draws=2, transfer=False)
+    for overrides, want in ((None, None), ({"apgd-t": {"give_up": 3.0}}, 3.0)):
+        with pytest.raises(_Plan) as plan:
+            escalate(model, x[:10], y[:10], THREAT, ["randomized_outputs"], attack_kwargs=overrides, **kw)
+        attacks = plan.value.args[0]
+        assert set(attacks) == {"eot-apgd-ce", "eot-apgd-t"}
+        assert attacks["eot-apgd-t"].fn.keywords["give_up"] == want
+    assert armor.attacks.attack_spec("apgd-t").kwargs["give_up"] == 8.0  # what the escalation overrides
+
+
 def test_no_flag_no_escalation(monkeypatch, digits_model, digits):
     import armor.adaptive as adaptive
 

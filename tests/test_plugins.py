@@ -115,7 +115,7 @@ def test_import_armor_has_no_side_effects():
         "assert plugins._discovered is None and not plugins._registered, 'plugins loaded at import'\n"
         "assert not [m for m in sys.modules if m.startswith(('armor.domains', 'armor.app'))]\n"
         "assert set(armor.attacks.ATTACKS) == {'fgsm', 'fgsm-t', 'pgd', 'pgd-20', 'pgd-margin', 'apgd-ce', "
-        "'apgd-ce-x5', 'apgd-dlr', 'apgd-dlr-x5', 'apgd-t', 'cw-l2', 'fab-t', 'fab-t-10', 'rays', 'rays-1k', "
+        "'apgd-ce-x5', 'apgd-dlr', 'apgd-dlr-x5', 'apgd-t', 'apgd-t-full', 'cw-l2', 'fab-t', 'fab-t-10', 'rays', 'rays-1k', "
         "'square', 'square-1k', 'square-x5'}\n"
         "assert set(armor.data.DATASETS) == {'npz', 'csv'}\n"
         "assert set(sys.modules['armor.evaluate'].SUITES) == {'standard', 'fast', 'plus'}\n"

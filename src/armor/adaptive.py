@@ -49,6 +49,9 @@ GRADIENT_FLAGS = ("zero_gradients", "black_box_beats_white_box", "clean_start_be
 # describe misleading gradients, and do not escalate.
 
 ATTACKS = ("apgd-ce", "apgd-t")  # what each escalation runs: the suite's two gradient attacks
+#: Escalations run on models a check flagged: there APGD-T spends its whole budget (its give-up rule reads a
+#: point's progress from the gradients that such a model may hide). attack_kwargs override this.
+FULL_BUDGET = {"apgd-t": {"give_up": None}}
 SALT_ATTACK, SALT_SCORE, SALT_LABELS, SALT_PROBE = 1, 2, 3, 4  # keep the draws of each use apart
 
 
@@ -492,7 +495,7 @@ def escalate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
     t0 = time.perf_counter()
     device = model_device(model, x.device)
     x, y = x.to(device), y.to(device)
-    kw = attack_kwargs or {}
+    kw = {a: {**FULL_BUDGET.get(a, {}), **(attack_kwargs or {}).get(a, {})} for a in attacks}
     randomized = any(f in RANDOM_FLAGS for f in fired)
     gradient = any(f in GRADIENT_FLAGS for f in fired)
     found = find_nondifferentiable(model, x, threat, seed=seed) if fired else []

@@ -34,10 +34,10 @@ SUITES: dict[str, dict[str, list[str]]] = {
     "standard": {"linf": ["fgsm", "fgsm-t", "apgd-ce", "fab-t-10", "apgd-t", "square"],
                  "l2": ["fgsm", "fgsm-t", "apgd-ce", "fab-t-10", "apgd-t", "square"],
                  "l1": ["fgsm", "fgsm-t", "apgd-ce", "fab-t-10", "apgd-t", "apgd-dlr"]},
-    # AutoAttack+ style: more restarts, APGD-DLR, the full FAB-T, Square with restarts.
-    "plus": {"linf": ["fgsm", "fgsm-t", "apgd-ce-x5", "apgd-dlr-x5", "fab-t", "square-x5", "apgd-t"],
-             "l2": ["fgsm", "fgsm-t", "apgd-ce-x5", "apgd-dlr-x5", "fab-t", "square-x5", "apgd-t"],
-             "l1": ["fgsm", "fgsm-t", "apgd-ce-x5", "apgd-dlr-x5", "fab-t", "apgd-t"]},
+    # AutoAttack+ style: more restarts, APGD-DLR, the full FAB-T, Square with restarts, APGD-T's whole budget.
+    "plus": {"linf": ["fgsm", "fgsm-t", "apgd-ce-x5", "apgd-dlr-x5", "fab-t", "square-x5", "apgd-t-full"],
+             "l2": ["fgsm", "fgsm-t", "apgd-ce-x5", "apgd-dlr-x5", "fab-t", "square-x5", "apgd-t-full"],
+             "l1": ["fgsm", "fgsm-t", "apgd-ce-x5", "apgd-dlr-x5", "fab-t", "apgd-t-full"]},
     "fast": {"linf": ["pgd", "apgd-ce"], "l2": ["pgd", "apgd-ce"], "l1": ["pgd", "apgd-ce"]},
 }
 
@@ -138,7 +138,7 @@ def evaluate(model: nn.Module, data: Any, threat: ThreatModel,
 
     Arguments:
         data: ``(x, y)`` tensors or an armor ``Dataset``; x in the threat's bounds.
-        suite: ``"standard"`` (FGSM, FGSM-T, APGD-CE, FAB-T-10, APGD-T, Square-5000 that gives up on hopeless points), ``"plus"`` (AutoAttack+
+        suite: ``"standard"`` (FGSM, FGSM-T, APGD-CE, FAB-T-10, APGD-T and Square-5000 that give up on hopeless points), ``"plus"`` (AutoAttack+
             style: restarts, APGD-DLR, FAB-T-100), ``"fast"`` (PGD-10, APGD-CE) or attack names.
         n: evaluate the first ``n`` points. batch_size: points per attack call.
         seed: every (attack, batch) gets its own generator derived from it, so a resumed run is identical.
