@@ -100,6 +100,7 @@ class Crash(Exception):
     ("free-at", {"replays": 2}, 4, {}),
     ("awp", {"steps": 2, "base": "trades"}, 2, {}),
     ("multi", {"steps": 2, "threats": "linf:0.1,l2:0.5", "mode": "random"}, 2, {}),
+    ("fast-at", {"variant": "fgsm-rs"}, 2, {"ema_decay": 0.8}),  # the weight average is resumed too
 ])
 def test_crash_and_resume_is_bit_exact_for_every_recipe(digits, tmp_path, recipe, params, epochs, kw):
     make_trainer(digits, tmp_path / "full", recipe, params, epochs, **kw).fit()
@@ -119,6 +120,11 @@ def test_crash_and_resume_is_bit_exact_for_every_recipe(digits, tmp_path, recipe
     make_trainer(digits, tmp_path / "crash", recipe, params, epochs, resume=True, **kw).fit()
     for name in ("last.safetensors", "best.safetensors"):
         assert (tmp_path / "crash" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+    a, b = (load_state(tmp_path / d / STATE) for d in ("full", "crash"))
+    for part in ("model", "ema"):  # the raw weights, and the average where there is one
+        assert (a.get(part) is None) == (b.get(part) is None) == (part == "ema" and "ema_decay" not in kw)
+        for k in a.get(part) or {}:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
 
 
 # ---------------------------------------------------------------------------------------------- errors
