@@ -112,6 +112,11 @@ ROWS: dict[str, tuple[str, str, dict]] = {
                                      "ema_decay": 0.999, "train_eps": 0.125, "eps_warmup": 3}),
     "n-fgsm-ema": ("armor", "fast-at n-fgsm, SGD cyclic lr peak 0.1, EMA of the weights (decay 0.999)",
                    {"recipe": "fast-at", "recipe_params": {"variant": "n-fgsm"}, "ema_decay": 0.999}),
+    "fgsm-rs-fbf": ("armor", "fast-at fgsm-rs as ART's FBF trains it: SGD cyclic lr peak 0.21, the gradient's norm clipped "
+                    "to 0.5 before every step (max_grad_norm)",
+                    {"recipe": "fast-at", "recipe_params": {"variant": "fgsm-rs"}, "lr": 0.21, "max_grad_norm": 0.5}),
+    "fgsm-rs-clip": ("armor", "fast-at fgsm-rs, SGD cyclic lr peak 0.1, the gradient's norm clipped to 0.5",
+                     {"recipe": "fast-at", "recipe_params": {"variant": "fgsm-rs"}, "max_grad_norm": 0.5}),
     "n-fgsm-warmup": ("armor", "fast-at n-fgsm, SGD cyclic lr peak 0.1, eps curriculum over the first 2 epochs",
                       {"recipe": "fast-at", "recipe_params": {"variant": "n-fgsm"}, "eps_warmup": 2}),
     "pgd2": ("armor", "pgd-at K=2 (step 1.25 eps), SGD cosine lr 0.1",

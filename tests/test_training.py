@@ -254,7 +254,7 @@ def test_config_file_accepts_every_option(tmp_path):
               "eps_warmup": 2, "certified_bound": "ibp", "kappa_end": 0.25, "crown_beta_end": 0.5, "sigma": 0.5,
               "smooth_samples": 2, "epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 0.002, "momentum": 0.8,
               "weight_decay": 0.0, "lr_schedule": "onecycle", "seed": 7, "val_fraction": 0.2, "val_steps": 5,
-              "patience": 2, "ema_decay": 0.99, "checkpoint_every": 10, "out": "runs/x", "device": "cpu", "quiet": True}
+              "patience": 2, "ema_decay": 0.99, "max_grad_norm": 0.5, "checkpoint_every": 10, "out": "runs/x", "device": "cpu", "quiet": True}
     assert set(values) == set(FIELDS)
     lines = [f"{k.replace('_', '-') if i % 2 else k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
              for i, (k, v) in enumerate(values.items())]

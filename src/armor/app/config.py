@@ -99,6 +99,7 @@ class _Options:
     val_steps: int = 10
     patience: Optional[int] = None
     ema_decay: Optional[float] = None
+    max_grad_norm: Optional[float] = None
     checkpoint_every: Optional[int] = None
     # running
     out: Optional[str] = None
@@ -287,7 +288,7 @@ def train(config: Union[TrainConfig, dict[str, Any]], *, resume: bool = False):
                       momentum=config.momentum, weight_decay=config.weight_decay, lr_schedule=config.lr_schedule,
                       seed=config.seed, out_dir=config.out, val_fraction=config.val_fraction,
                       val_steps=config.val_steps, patience=config.patience, ema_decay=config.ema_decay,
-                      eps_warmup=config.eps_warmup,
+                      max_grad_norm=config.max_grad_norm, eps_warmup=config.eps_warmup,
                       checkpoint_every=config.checkpoint_every, resume=resume, quiet=config.quiet, info=info,
                       config=config.to_dict(), device=device)
     return trainer.fit()

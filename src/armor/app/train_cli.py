@@ -119,6 +119,8 @@ HELP = {
     "patience": "Early stopping: epochs without a better validation score.",
     "ema_decay": "Keep an exponential moving average of the weights with this decay (e.g. 0.999; against robust "
                  "overfitting): the average is validated, saved and returned. Default: off.",
+    "max_grad_norm": "Clip the gradient's l2 norm to this before every optimizer step (ART's FBF clips to 0.5). "
+                     "Default: off.",
     "checkpoint_every": "Also save the resumable state every N batches.",
     "out": "Run directory.",
     "device": "cpu, cuda or auto.",

@@ -180,6 +180,9 @@ class StepContext:
     def optimizer_step(self) -> None:
         """Set the scheduled learning rate, step the optimizer, and advance the schedule."""
         self._t._apply_lr()
+        if self._t.max_grad_norm is not None:  # after backward (and DDP's all-reduce): the same on every process
+            torch.nn.utils.clip_grad_norm_([p for g in self._t._optimizer.param_groups for p in g["params"]],
+                                           self._t.max_grad_norm)
         self._t._optimizer.step()
         self._t._opt_step += 1
         self._t._update_ema()
@@ -265,6 +268,9 @@ class Trainer:
             ``d = min(ema_decay, (1 + t) / (10 + t))``, starting from the initial weights; integer buffers are
             copied from the model. The average is what is validated, selected, saved and returned; the raw
             weights keep training (both are in the resumable state). ``None`` (default): no averaging.
+        max_grad_norm: clip the gradient's global l2 norm to this before every optimizer step (ART's FBF
+            trainer clips to 0.5 on every step; against the instability of single-step training). ``None``
+            (default): no clipping.
         checkpoint_every: also save the resumable state every this many batches.
         resume: continue the run in ``out_dir`` from its saved state (the settings must match).
         quiet: no progress bar. info: extra JSON metadata (``dataset`` ...). config: the resolved
@@ -283,7 +289,8 @@ class Trainer:
                  weight_decay: Optional[float] = None, lr_schedule: Optional[str] = None, seed: int = 0,
                  out_dir: Union[str, Path, None] = None, val_fraction: float = 0.1, val_steps: int = 10,
                  val_batch_size: int = 500, patience: Optional[int] = None, eps_warmup: int = 0,
-                 ema_decay: Optional[float] = None, checkpoint_every: Optional[int] = None, resume: bool = False, quiet: bool = True,
+                 ema_decay: Optional[float] = None, max_grad_norm: Optional[float] = None,
+                 checkpoint_every: Optional[int] = None, resume: bool = False, quiet: bool = True,
                  info: Optional[dict[str, Any]] = None, config: Optional[dict[str, Any]] = None,
                  device: Union[str, torch.device, None] = None) -> None:
         if not isinstance(model, nn.Module):
@@ -305,6 +312,11 @@ class Trainer:
                                       or not 0 < ema_decay < 1):
             raise ValueError(f"ema_decay must be a number in (0, 1), e.g. 0.999 (or None to turn the weight "
                              f"average off), got {ema_decay!r}")
+        if max_grad_norm is not None and (isinstance(max_grad_norm, bool)
+                                          or not isinstance(max_grad_norm, (int, float))
+                                          or not 0 < max_grad_norm < math.inf):
+            raise ValueError(f"max_grad_norm must be a positive finite number, e.g. 0.5 (or None for no gradient "
+                             f"clipping), got {max_grad_norm!r}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         lr = DEFAULT_LR[optimizer] if lr is None else lr
@@ -349,6 +361,7 @@ class Trainer:
         self.val_fraction, self.val_steps, self.val_batch_size = float(val_fraction), val_steps, val_batch_size
         self.patience, self.eps_warmup, self.checkpoint_every = patience, eps_warmup, checkpoint_every
         self.ema_decay = None if ema_decay is None else float(ema_decay)
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.resume, self.quiet = resume, quiet
         self.info = dict(info or {})
         self.config = config
@@ -370,6 +383,7 @@ class Trainer:
             "architecture": getattr(self.model, "armor_spec", None), "dataset": self.info.get("dataset"),
             # only when set: runs saved before the option existed resume unchanged
             **({"ema_decay": self.ema_decay} if self.ema_decay is not None else {}),
+            **({"max_grad_norm": self.max_grad_norm} if self.max_grad_norm is not None else {}),
         })
 
     # ------------------------------------------------------------------ public entry
