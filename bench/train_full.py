@@ -281,12 +281,6 @@ def notes(rows: dict) -> list[str]:
                    f"implementations of one algorithm; the remaining "
                    f"{(rows['art-fbf']['robust'] - rows['fgsm-rs-fbf']['robust']) * 100:.1f} pt is not explained "
                    f"(single seeds; the one recipe run with two seeds moved 0.7 pt).")
-    if has("fgsm-rs-ema-eps0.125-warmup-clip", "fgsm-rs-ema-eps0.125-warmup"):
-        out.append(f"- Clipping added to the best row (fgsm-rs-ema-eps0.125-warmup-clip): "
-                   f"{rb('fgsm-rs-ema-eps0.125-warmup-clip')} robust / "
-                   f"{pct(rows['fgsm-rs-ema-eps0.125-warmup-clip']['clean'])} clean, against "
-                   f"{rb('fgsm-rs-ema-eps0.125-warmup')} / {pct(rows['fgsm-rs-ema-eps0.125-warmup']['clean'])} "
-                   f"without.")
     if has("fgsm-rs-ema-eps0.125"):
         v = rows["fgsm-rs-ema-eps0.125"]["val_robust"]
         out.append(f"- Training at eps 0.125 (evaluated at 0.1): {rb('fgsm-rs-ema-eps0.125')} robust at clean "
@@ -296,7 +290,9 @@ def notes(rows: dict) -> list[str]:
     for a, b, what in (("fgsm-rs-ema", "fgsm-rs-ema-warmup", "eps curriculum (3 epochs) at eps 0.1"),
                        ("fgsm-rs-ema-eps0.125", "fgsm-rs-ema-eps0.125-warmup", "eps curriculum at eps 0.125"),
                        ("n-fgsm-lr0.2", "n-fgsm-lr0.2-ema", "EMA on n-fgsm at lr 0.2"),
-                       ("fgsm-rs-ema-eps0.125", "fgsm-rs-ema-eps0.125-seed1", "seed 1 instead of 0 (same recipe)")):
+                       ("fgsm-rs-ema-eps0.125", "fgsm-rs-ema-eps0.125-seed1", "seed 1 instead of 0 (same recipe)"),
+                       ("fgsm-rs-ema-eps0.125-warmup", "fgsm-rs-ema-eps0.125-warmup-clip",
+                        "gradient clipping (0.5) added to the best unclipped row")):
         if has(a, b):
             out.append(f"- {what}: {rb(b)} robust / {pct(rows[b]['clean'])} clean ({b}) vs {rb(a)} / "
                        f"{pct(rows[a]['clean'])} ({a}).")
@@ -317,8 +313,9 @@ def report(write: bool) -> str:
     nproc = len(os.sched_getaffinity(0))  # not `nproc`, which reports OMP_NUM_THREADS
     lines = [
         f"Machine: {nproc} cores, cpu={info['cpu']}, torch={info['torch']}, python={info['python']}; "
-        f"every row ran alone in its own process with 1 torch thread (`nice -n 10`), on a machine shared with "
-        f"two other benchmarks; \"load\" is the 1-minute load average at the start and the end of training. "
+        f"every row ran alone in its own process with 1 torch thread, most of them at `nice -n 10` on a machine "
+        f"shared with two other benchmarks (the last rows on a quieter one); \"load\" is the 1-minute load "
+        f"average at the start and the end of training. "
         f"Command: `.venv-bench/bin/python bench/train_full.py run ROW` per row, then `... report`.",
         "",
         f"All 60,000 Fashion-MNIST training images, {EPOCHS} epochs, batch {BATCH}, small-cnn (Wong et al. 2020, "
