@@ -30,7 +30,8 @@ def test_a_clipped_step_is_the_gradient_scaled_to_the_bound(digits):
     grad_norm = math.sqrt(sum(float((d / 0.5).pow(2).sum()) for d in raw.values()))
     assert grad_norm > 1e-2  # so the bound binds
     for k in w0:
-        torch.testing.assert_close(w_clip[k] - w0[k], raw[k] * (1e-3 / grad_norm), rtol=1e-3, atol=2e-8)  # float32 differences of weights ~0.1
+        # atol: float32 differences of weights of size ~0.1
+        torch.testing.assert_close(w_clip[k] - w0[k], raw[k] * (1e-3 / grad_norm), rtol=1e-3, atol=2e-8)
     moved = math.sqrt(sum(float((w_clip[k] - w0[k]).pow(2).sum()) for k in w0))
     assert moved == pytest.approx(0.5 * 1e-3, rel=1e-3)
 

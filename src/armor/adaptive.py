@@ -557,15 +557,18 @@ def _fresh_expectation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, resul
     was lower than the clean input, else the clean input), over ``draws`` draws that chose nothing: the minimum
     over attacks of estimates made with the same draws would be biased low."""
     device = x.device
+
+    def expected(score: ExpectedCorrect, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.cat([score(model, inputs[i:i + batch_size], y[i:i + batch_size])
+                          for i in range(0, x.shape[0], batch_size)])
+
     chosen = result.x_adv.to(device).clone()
     if start is not None and base is not None and base.x_adv is not None:
-        clean = torch.cat([ExpectedCorrect(draws, seed)(model, x[i:i + batch_size], y[i:i + batch_size])
-                           for i in range(0, x.shape[0], batch_size)])
+        clean = expected(ExpectedCorrect(draws, seed), x)
         from_suite = (result.broken_by.to(device) < 0) & (start.to(clean.dtype) < clean)
         chosen[from_suite] = base.x_adv.to(device)[from_suite]
-    fresh = ExpectedCorrect(draws, seed + 7919)  # another salt: draws independent of the selection's
-    return torch.cat([fresh(model, chosen[i:i + batch_size], y[i:i + batch_size])
-                      for i in range(0, x.shape[0], batch_size)])
+    # another salt: draws independent of the selection's
+    return expected(ExpectedCorrect(draws, seed + 7919), chosen)
 
 
 __all__ = ["ATTACKS", "AdaptiveAttack", "Escalation", "ExpectedCorrect", "Expectation", "GRADIENT_FLAGS", "Layer",
