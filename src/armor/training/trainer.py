@@ -308,15 +308,13 @@ class Trainer:
         for name, value in (("patience", patience), ("checkpoint_every", checkpoint_every)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an integer >= 1 (or None to turn it off), got {value!r}")
-        if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
-                                      or not 0 < ema_decay < 1):
-            raise ValueError(f"ema_decay must be a number in (0, 1), e.g. 0.999 (or None to turn the weight "
-                             f"average off), got {ema_decay!r}")
-        if max_grad_norm is not None and (isinstance(max_grad_norm, bool)
-                                          or not isinstance(max_grad_norm, (int, float))
-                                          or not 0 < max_grad_norm < math.inf):
-            raise ValueError(f"max_grad_norm must be a positive finite number, e.g. 0.5 (or None for no gradient "
-                             f"clipping), got {max_grad_norm!r}")
+        for name, value, fits, want in (
+                ("ema_decay", ema_decay, lambda v: 0 < v < 1,
+                 "a number in (0, 1), e.g. 0.999 (or None to turn the weight average off)"),
+                ("max_grad_norm", max_grad_norm, lambda v: 0 < v < math.inf,
+                 "a positive finite number, e.g. 0.5 (or None for no gradient clipping)")):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not fits(value)):
+                raise ValueError(f"{name} must be {want}, got {value!r}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         lr = DEFAULT_LR[optimizer] if lr is None else lr
