@@ -44,8 +44,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-from highway_env import utils
 from highway_env.envs.highway_env import HighwayEnvFast
 
 #: What armor's driving environment changes in highway-fast-v0's configuration.
@@ -53,8 +51,9 @@ DRIVE_CONFIG: dict[str, Any] = {"vehicles_count": 10, "alive_reward": 0.2, "cras
                                 "reward_speed_range": [20, 30]}
 
 
-def drive_reward(speed_term: float, crashed: bool, on_road: bool = True, alive_reward: float = 0.2,
-                 crash_reward: float = -3.0) -> float:
+def drive_reward(speed_term: float, crashed: bool, on_road: bool = True,
+                 alive_reward: float = DRIVE_CONFIG["alive_reward"],
+                 crash_reward: float = DRIVE_CONFIG["crash_reward"]) -> float:
     """The per-step reward of :class:`DrivingEnv` (see the module's docstring): ``crash_reward`` on a crash,
     else ``(alive_reward + (1 - alive_reward) * speed_term) * on_road``, with ``speed_term`` in [0, 1]."""
     if crashed:
@@ -96,18 +95,11 @@ class DrivingEnv(HighwayEnvFast):
         super().configure(config)
         check_drive_config(self.config)
 
-    def _speed_term(self) -> float:
-        forward_speed = self.vehicle.speed * np.cos(self.vehicle.heading)
-        return float(np.clip(utils.lmap(forward_speed, self.config["reward_speed_range"], [0, 1]), 0.0, 1.0))
-
-    def _rewards(self, action: Any) -> dict[str, float]:
-        return {"speed_term": self._speed_term(), "crashed": float(self.vehicle.crashed),
-                "on_road": float(self.vehicle.on_road)}
-
     def _reward(self, action: Any) -> float:
+        # highway-env's own terms: the forward speed mapped by reward_speed_range and clipped, the crash, the road
         r = self._rewards(action)
-        return drive_reward(r["speed_term"], bool(r["crashed"]), bool(r["on_road"]), self.config["alive_reward"],
-                            self.config["crash_reward"])
+        return drive_reward(float(r["high_speed_reward"]), bool(r["collision_reward"]), bool(r["on_road_reward"]),
+                            self.config["alive_reward"], self.config["crash_reward"])
 
 
 __all__ = ["DRIVE_CONFIG", "DrivingEnv", "check_drive_config", "drive_reward"]
