@@ -45,36 +45,49 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+ACTIONS = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")
+
+
+def play(env, policy, seed: int) -> dict:
+    """One episode of ``policy(obs) -> action`` from ``env.reset(seed=seed)``: each step's reward, ego speed (m/s)
+    and action, the lane changes that happened (the target lane changed), and whether it crashed."""
+    obs, _ = env.reset(seed=seed)
+    ep = {"rewards": [], "speeds": [], "actions": [], "lane_changes": 0, "crashed": False}
+    lane = env.unwrapped.vehicle.target_lane_index[2]
+    while True:
+        a = int(policy(obs))
+        obs, r, term, trunc, info = env.step(a)
+        ep["rewards"].append(r)
+        ep["speeds"].append(float(info["speed"]))
+        ep["actions"].append(a)
+        ep["lane_changes"] += a in (0, 2) and lane != env.unwrapped.vehicle.target_lane_index[2]
+        lane = env.unwrapped.vehicle.target_lane_index[2]
+        if term or trunc:
+            ep["crashed"] = bool(info.get("crashed"))
+            return ep
+
+
+def action_shares(episodes: list[dict]) -> np.ndarray:
+    return np.bincount([a for ep in episodes for a in ep["actions"]], minlength=len(ACTIONS)) / sum(
+        len(ep["actions"]) for ep in episodes)
+
+
 def clean_driving(adapter, env_id: str, episodes: int, seed: int) -> dict:
     """Mean ego speed (m/s), action shares and crashes of the clean agent on episodes seed, seed+1, ..."""
     from armor.domains.agents.envs import make_env, to_action
 
     env = make_env(env_id)
-    speeds, actions, crashed, lane_changes = [], [], 0, 0
     try:
         with adapter.frozen():
-            for i in range(episodes):
-                obs, _ = env.reset(seed=seed + i)
-                lane = env.unwrapped.vehicle.target_lane_index[2]
-                while True:
-                    a = to_action(adapter, env, torch.as_tensor(np.asarray(obs, np.float32).reshape(1, -1)))
-                    obs, _, term, trunc, info = env.step(a)
-                    speeds.append(float(info["speed"]))
-                    actions.append(int(a))
-                    lane_changes += int(a) in (0, 2) and lane != env.unwrapped.vehicle.target_lane_index[2]
-                    lane = env.unwrapped.vehicle.target_lane_index[2]
-                    if term or trunc:
-                        crashed += bool(info.get("crashed"))
-                        break
+            eps = [play(env, lambda obs: to_action(adapter, env, torch.as_tensor(np.asarray(obs, np.float32)
+                                                                                 .reshape(1, -1))), seed + i)
+                   for i in range(episodes)]
     finally:
         env.close()
-    counts = np.bincount(actions, minlength=5) / len(actions)
-    names = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")
-    return {"mean_speed": float(np.mean(speeds)), "actions": {n: round(float(c), 3) for n, c in zip(names, counts)},
-            "crashed": crashed, "episodes": episodes, "lane_changes_per_episode": lane_changes / episodes}
-
-
-ACTIONS = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")
+    return {"mean_speed": float(np.mean([v for ep in eps for v in ep["speeds"]])),
+            "actions": {n: round(float(c), 3) for n, c in zip(ACTIONS, action_shares(eps))},
+            "crashed": sum(ep["crashed"] for ep in eps), "episodes": episodes,
+            "lane_changes_per_episode": sum(ep["lane_changes"] for ep in eps) / episodes}
 
 
 def _drive_env(alive: float, crash: float):
@@ -115,22 +128,13 @@ def overtaking_rule(env, free: float = 40.0) -> int:
 
 def scripted(args) -> None:
     env = _drive_env(args.alive, args.crash)
-    policies = {"SLOWER": lambda: 4, "IDLE": lambda: 1, "FASTER": lambda: 3,
-                "overtaking rule": lambda: overtaking_rule(env)}
+    policies = {"SLOWER": lambda obs: 4, "IDLE": lambda obs: 1, "FASTER": lambda obs: 3,
+                "overtaking rule": lambda obs: overtaking_rule(env)}
     for name, policy in policies.items():
-        rewards, crash_steps, speeds = [], [], []
-        for i in range(args.episodes):
-            env.reset(seed=1000 + i)
-            rs = []
-            while True:
-                _, r, term, trunc, info = env.step(policy())
-                rs.append(r)
-                speeds.append(info["speed"])
-                if term or trunc:
-                    if info["crashed"]:
-                        crash_steps.append(len(rs))
-                    break
-            rewards.append(rs)
+        eps = [play(env, policy, 1000 + i) for i in range(args.episodes)]
+        rewards = [ep["rewards"] for ep in eps]
+        crash_steps = [len(ep["rewards"]) for ep in eps if ep["crashed"]]
+        speeds = [v for ep in eps for v in ep["speeds"]]
         disc = {g: np.mean([sum(g ** t * r for t, r in enumerate(rs)) for rs in rewards]) for g in (0.8, 0.9, 0.95)}
         print(f"{name}: return {np.mean([sum(rs) for rs in rewards]):.2f}, discounted "
               + ", ".join(f"{g}: {v:.2f}" for g, v in disc.items())
@@ -161,21 +165,12 @@ def probe(args) -> None:
     c0, t0 = cpu(), time.perf_counter()
     while model.num_timesteps < args.steps:
         model.learn(args.chunk, reset_num_timesteps=False)
-        returns, crashes, speeds, actions = [], 0, [], []
-        for i in range(args.episodes):
-            obs, _ = env.reset(seed=1000 + i)
-            total = 0.0
-            while True:
-                a, _ = model.predict(obs, deterministic=True)
-                obs, r, term, trunc, info = env.step(int(a))
-                total += r
-                speeds.append(info["speed"])
-                actions.append(int(a))
-                if term or trunc:
-                    crashes += bool(info["crashed"])
-                    break
-            returns.append(total)
-        shares = np.bincount(actions, minlength=5) / len(actions)
+        eps = [play(env, lambda obs: model.predict(obs, deterministic=True)[0], 1000 + i)
+               for i in range(args.episodes)]
+        returns = [sum(ep["rewards"]) for ep in eps]
+        crashes = sum(ep["crashed"] for ep in eps)
+        speeds = [v for ep in eps for v in ep["speeds"]]
+        shares = action_shares(eps)
         print(f"{model.num_timesteps} steps: return {np.mean(returns):.2f}, crashes {crashes}/{args.episodes}, "
               f"speed {np.mean(speeds):.1f} m/s, " + " ".join(f"{n} {100 * x:.0f}%" for n, x in zip(ACTIONS, shares))
               + f"; {cpu() - c0:.0f} s CPU, {time.perf_counter() - t0:.0f} s wall", flush=True)
