@@ -18,9 +18,11 @@ Two more modes, for choosing the reward and PPO's settings:
   free for 40 m, else the freer neighbouring lane, else SLOWER) on ``--episodes`` seeded episodes (seeds 1000,
   ...): crashes, crash steps, mean speed, and the mean return undiscounted and discounted at 0.8 / 0.9 / 0.95,
   for the reward weights ``--alive`` / ``--crash``.
-* ``--probe``: plain SB3 PPO (the env id's ``train.DEFAULT_PPO`` settings, ``--gamma`` / ``--ent`` over them) on
-  the reward ``--alive`` / ``--crash``, and after every ``--chunk`` steps the deterministic agent on
-  ``--episodes`` seeded episodes (seeds 1000, ...): mean return, crashes, mean speed, action shares.
+* ``--probe``: plain SB3 PPO (the env id's ``train.DEFAULT_PPO`` settings, ``--gamma`` / ``--ent`` /
+  ``--rollout N_ENVS,N_STEPS,BATCH`` over them) on the reward ``--alive`` / ``--crash`` and the observation ranges
+  ``--obs-range X,VX`` (+-X m, +-VX m/s; default the environment's), and after every ``--chunk`` steps the
+  deterministic agent on ``--episodes`` seeded episodes (seeds 1000, ...): mean return, crashes, mean speed,
+  action shares.
 """
 
 from __future__ import annotations
@@ -153,15 +155,22 @@ def probe(args) -> None:
 
     ensure_registered("armor/highway-drive-v0")
     probe_id = "ArmorDriveProbe-v0"
-    gym.register(id=probe_id, entry_point="armor.domains.agents.driving:DrivingEnv",
-                 kwargs={"config": {"alive_reward": args.alive, "crash_reward": args.crash}})
+    config = {"alive_reward": args.alive, "crash_reward": args.crash}
+    if args.obs_range:
+        x, v = (float(t) for t in args.obs_range.split(","))
+        config["observation"] = {"type": "Kinematics",
+                                 "features_range": {"x": [-x, x], "y": [-12, 12], "vx": [-v, v], "vy": [-v, v]}}
+    gym.register(id=probe_id, entry_point="armor.domains.agents.driving:DrivingEnv", kwargs={"config": config})
     settings = dict(DEFAULT_PPO["armor/highway-drive-v0"])
     settings.update({k: v for k, v in (("gamma", args.gamma), ("ent_coef", args.ent)) if v is not None})
+    if args.rollout:
+        settings["n_envs"], settings["n_steps"], settings["batch_size"] = (int(t) for t in args.rollout.split(","))
     n_envs = settings.pop("n_envs")
     seed = int(args.seeds.split(",")[0])
     model = PPO("MlpPolicy", make_vec_env(probe_id, n_envs=n_envs, seed=seed), seed=seed, device="cpu", **settings)
     env = gym.make(probe_id)
-    print(f"probe a {args.alive} crash {args.crash} {settings}; {uptime()}", flush=True)
+    print(f"probe a {args.alive} crash {args.crash} {config.get('observation', 'default observation')} "
+          f"{settings}; {uptime()}", flush=True)
     c0, t0 = cpu(), time.perf_counter()
     while model.num_timesteps < args.steps:
         model.learn(args.chunk, reset_num_timesteps=False)
@@ -194,6 +203,8 @@ def main() -> None:
     ap.add_argument("--gamma", type=float, default=None, help="--probe: PPO's gamma (default: DEFAULT_PPO's)")
     ap.add_argument("--ent", type=float, default=None, help="--probe: PPO's ent_coef (default: DEFAULT_PPO's)")
     ap.add_argument("--chunk", type=int, default=2048, help="--probe: steps between evaluations")
+    ap.add_argument("--obs-range", default=None, help="--probe: observation ranges X,VX (highway-env's: 200,80)")
+    ap.add_argument("--rollout", default=None, help="--probe: N_ENVS,N_STEPS,BATCH (the earlier default: 4,64,64)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.scripted or args.probe:

@@ -278,7 +278,7 @@ def test_highway_training_reproduces_and_resumes_exactly(tmp_path, monkeypatch):
         raise Killed
 
     kw = dict(eps=0.2, total_steps=128, seed=3, checkpoint_every=64, normalizer_steps=60,
-              ppo={"n_steps": 16, "batch_size": 32, "n_epochs": 2}, kappa=1.0, steps=2)
+              ppo={"n_steps": 8, "batch_size": 32, "n_epochs": 2}, kappa=1.0, steps=2)  # 8 envs x 8: 2 rollouts
     monkeypatch.setattr(agents_train._Run, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         train_agent(env_id, "sa-ppo", out_dir=tmp_path / "killed", **kw)
@@ -339,6 +339,28 @@ def test_drive_reward_orders_fast_slow_and_crashing_over_real_episodes():
         totals[action] = (total, steps, bool(info["crashed"]))
     assert totals[4] == (pytest.approx(6.0, abs=0.3), 30, False)  # braking: 20-ish m/s for 30 steps
     assert totals[3][2] and totals[3][1] < 21 and totals[3][0] < totals[4][0]  # flat out: crashes at step 6
+    env.close()
+
+
+def test_drive_observation_reads_gaps_and_closing_speeds_on_the_narrow_ranges():
+    """The driving agent's observation maps x +-100 m and vx +-40 m/s to [-1, 1] (highway-env's default: +-200 m,
+    +-80 m/s): a car 50 m ahead in the ego's lane closing at 4 m/s reads x 0.5 and vx -0.1, the ego's own 25 m/s
+    reads 0.625, and the empty rows are zeros."""
+    pytest.importorskip("highway_env")
+    env = agents_envs.make_env("armor/highway-drive-v0")
+    env.reset(seed=0)
+    u = env.unwrapped
+    ego = u.vehicle
+    other = next(v for v in u.road.vehicles if v is not ego)
+    u.road.vehicles = [ego, other]
+    ego.speed, ego.heading = 25.0, 0.0
+    other.position = ego.position + np.array([50.0, 0.0])
+    other.speed, other.heading, other.lane_index = 21.0, 0.0, ego.lane_index
+    obs = u.observation_type.observe()
+    assert obs.shape == (5, 5)
+    np.testing.assert_allclose(obs[1], [1.0, 0.5, 0.0, -0.1, 0.0], atol=1e-9)
+    assert obs[0][0] == 1.0 and obs[0][3] == pytest.approx(0.625)
+    assert not obs[2:].any()
     env.close()
 
 

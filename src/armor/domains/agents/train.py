@@ -84,9 +84,12 @@ DEFAULT_PPO: dict[str, dict[str, Any]] = {
 }
 # armor's driving reward (driving.py): gamma 0.9 and an entropy bonus. At gamma 0.8 PPO stopped in a corner in
 # 8-episode probes (braking on every observation, or flat out into the traffic, depending on the reward's weights);
-# at 0.9 it left braking after ~4k steps for 24-25 m/s with lane changes, still crashing in 2-7 of 8 episodes
-# (bench/RESULTS.md, Agents -> Driving).
-DEFAULT_PPO["armor/highway-drive-v0"] = {**DEFAULT_PPO["highway-fast-v0"], "gamma": 0.9, "ent_coef": 0.01}
+# at 0.9 it left braking after ~4k steps for 24-25 m/s with lane changes, still crashing in 2-7 of 8 episodes.
+# Rollouts of 8 envs x 128 steps and minibatches of 128 (1024 steps per update instead of 256): with them and the
+# environment's narrower observation ranges PPO crashed in 0-3 of 16 episodes from 16k to 41k steps, against 3-6 of
+# 16 with 4 x 64 (bench/RESULTS.md, Agents -> Driving).
+DEFAULT_PPO["armor/highway-drive-v0"] = {**DEFAULT_PPO["highway-fast-v0"], "gamma": 0.9, "ent_coef": 0.01,
+                                         "n_envs": 8, "n_steps": 128, "batch_size": 128}
 _RESERVED = {"policy", "env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model"}
 
 
