@@ -169,8 +169,8 @@ def probe(args) -> None:
     seed = int(args.seeds.split(",")[0])
     model = PPO("MlpPolicy", make_vec_env(probe_id, n_envs=n_envs, seed=seed), seed=seed, device="cpu", **settings)
     env = gym.make(probe_id)
-    print(f"probe a {args.alive} crash {args.crash} {config.get('observation', 'default observation')} "
-          f"{settings}; {uptime()}", flush=True)
+    observation = config.get("observation", "the environment's observation")
+    print(f"probe a {args.alive} crash {args.crash} {observation} {settings}; {uptime()}", flush=True)
     c0, t0 = cpu(), time.perf_counter()
     while model.num_timesteps < args.steps:
         model.learn(args.chunk, reset_num_timesteps=False)
