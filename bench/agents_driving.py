@@ -9,6 +9,9 @@ replay of the same episodes that records the ego vehicle's speed (``info["speed"
 lane changes. Prints one table row per agent (and a markdown row for bench/RESULTS.md) and writes
 OUT/results.json. One torch thread; ``uptime`` before and after every agent; process CPU time beside wall time.
 
+``--suite optimal`` adds the learned adversary (ATLA's "optimal" attack, trained on the agent's negated return, so on
+its crash penalty too): 2 learning rates x ``--adv-steps`` steps, the better one kept.
+
 ``armor/highway-drive-v0`` is highway-fast-v0 with a reward under which driving pays (see
 :mod:`armor.domains.agents.driving`); ``--env highway-fast-v0`` measures the braking agent beside it.
 
@@ -48,6 +51,7 @@ def cpu() -> float:
 
 
 ACTIONS = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")
+ADV_CONFIGS = ({"learning_rate": 3e-4}, {"learning_rate": 1e-3})  # the learned adversary's search (--suite optimal)
 
 
 def play(env, policy, seed: int) -> dict:
@@ -194,7 +198,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--eps", type=float, default=0.2)
     ap.add_argument("--episodes", type=int, default=None, help="default 10 (8 with --scripted / --probe)")
-    ap.add_argument("--suite", default="random,critic,mad,rs")
+    ap.add_argument("--suite", default="random,critic,mad,rs", help="attack names; optimal: the learned adversary")
+    ap.add_argument("--adv-steps", type=int, default=8192,
+                    help="the learned adversary's steps per configuration (2 configurations; armor's default 20000 x 3)")
     ap.add_argument("--out", default="/tmp/agents/drive")
     ap.add_argument("--scripted", action="store_true", help="scripted policies' returns (see the docstring)")
     ap.add_argument("--probe", action="store_true", help="a PPO learning curve on a reward (see the docstring)")
@@ -211,6 +217,7 @@ def main() -> None:
         args.episodes = args.episodes or 8
         return scripted(args) if args.scripted else probe(args)
     args.episodes = args.episodes or 10
+    from armor.domains.agents.attacks import LearnedAdversary, make_attack
     from armor.domains.agents.envs import env_threat
     from armor.domains.agents.threat import raw_eps
     from armor.domains.agents.evaluate import evaluate_agent
@@ -232,7 +239,9 @@ def main() -> None:
             t0, c0 = time.perf_counter(), cpu()
             drive = clean_driving(run.adapter, args.env, args.episodes, 0)
             threat = env_threat(args.env, run.normalizer, "linf", args.eps)
-            ev = evaluate_agent(run.adapter, args.env, run.normalizer, threat, suite, episodes=args.episodes, seed=0)
+            attacks = {a: LearnedAdversary(timesteps=args.adv_steps, configs=ADV_CONFIGS) if a == "optimal"
+                       else make_attack(a) for a in suite}
+            ev = evaluate_agent(run.adapter, args.env, run.normalizer, threat, attacks, episodes=args.episodes, seed=0)
             s = ev.summary()
             raw = raw_eps(run.normalizer, args.eps)
             row = {"seed": seed, "recipe": recipe, "env": args.env, "steps": run.metadata["env_steps"],
