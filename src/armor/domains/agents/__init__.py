@@ -117,7 +117,7 @@ DOMAIN = Domain(
                "critic, MAD and Robust Sarsa attacks (about 4 CPU-minutes)")),
            "driving": lazy("armor.domains.agents.demo:run_demo", "driving", description=(
                "armor/highway-drive-v0 (highway-fast-v0 with a reward under which driving pays; pip install "
-               "'armor[driving]'): vanilla PPO vs SA-PPO, crash rate clean and under attack (about 5 CPU-minutes)"))},
+               "'armor[driving]'): vanilla PPO vs SA-PPO, crash rate clean and under attack (about 8 CPU-minutes)"))},
     workflow=WORKFLOW,
 )
 

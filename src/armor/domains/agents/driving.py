@@ -35,13 +35,13 @@ episodes (also at 40960 steps).
 
 **What the agent sees.** Those agents mostly held an edge lane at their initial speed, and 36 of their 38 crashes
 (four 20480-step agents, 16 seeded episodes each) were the ego vehicle running into a slower car ahead in its own
-lane. On highway-env's default ranges (x +-200 m,
-vx +-80 m/s mapped to [-1, 1]) a 40 m gap reads 0.2 and a closing speed of 3 m/s 0.04. On half those ranges
-(:data:`DRIVE_CONFIG`'s ``observation``), and with rollouts of 1024 steps per PPO update (``train.DEFAULT_PPO``),
-seeded probes crashed in 0-3 of 16 episodes from 12k to 41k steps, at 21-22 m/s; the narrower ranges alone gave
-3-6 of 16, the old ranges and rollouts 3-4 of 8. This agent keeps out of the traffic by mostly braking behind
-it and changing lanes, a cautious driver well below the scripted rule's return: what an attack can now take from
-it is its safety.
+lane. On highway-env's default ranges (x +-200 m, vx +-80 m/s mapped to [-1, 1]) a 40 m gap reads 0.2 and a
+closing speed of 3 m/s 0.04. On half those ranges (:data:`DRIVE_CONFIG`'s ``observation``), and with rollouts of
+1024 steps per PPO update (``train.DEFAULT_PPO``), seeded probes crashed in 0-3 of 16 episodes from 12k to 41k
+steps, at 21-22 m/s; the narrower ranges alone gave 3-6 of 16, the old ranges and rollouts 3-4 of 8. Over four
+training seeds at 20480 steps vanilla PPO crashed in 10-45% of 20 clean episodes (mean 22%). This agent keeps
+out of the traffic by mostly braking behind it and changing lanes, a cautious driver well below the scripted
+rule's return: what an attack can now take from it is its safety.
 
 The road has 10 other vehicles instead of 20: the other vehicles' IDM models are most of the simulator's cost
 (56 instead of 25 steps per CPU second with constant IDLE; bench/RESULTS.md, Agents -> Driving).
